@@ -1,0 +1,1 @@
+"""mailsvc: a Twisted mail command service and group chat over one shared state."""

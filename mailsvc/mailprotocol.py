@@ -1,0 +1,381 @@
+"""
+The mail command port: parse a request line, call the shared service, reply.
+
+Replies keep request order however long the service takes: while a request's
+Deferred is pending the protocol pauses (as twisted.mail's POP3 does), so lines
+that are already buffered or still arriving wait their turn.
+"""
+
+import hashlib
+import re
+import time
+
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mailsvc import errors
+from mailsvc.lines import TextLineProtocol
+from mailsvc.service import COOKIE
+
+CHECKSUM = re.compile(r"#([0-9A-Fa-f]{40})\Z")
+LOGIN_FIRST = "You should log in first."
+
+HELP = [
+    "REGISTER <user> <password>       create an account and log in",
+    "LOGIN <user> <password>          log in; replies OK <cookie>",
+    "LOGOUT [<cookie>]                end the session (LOGOFF too)",
+    "MESSAGE <text> [<cookie>]        stage a message",
+    "STORE <user> [<cookie>]          deliver the most recent staged message",
+    "COUNT [<cookie>]                 how many messages are in your mailbox",
+    "GETMSG [<cookie>]                show the oldest message",
+    "DELMSG [<cookie>]                delete the oldest message",
+    "SEND <user> <subject...>         then the body lines, then a line with .",
+    "LIST [FROM <sender>]             one line a message: id sender date subject",
+    "READ <id>                        show a message",
+    "DELETE <id>                      delete a message",
+    "DELETE SUBJECT <subject...>      delete every message with that subject",
+    "DUMP                             log a summary of the server's state",
+    "HELP                             this list",
+    "QUIT                             close the connection",
+    "A session's cookie may end any request; a connection that logged in may",
+    "leave it out. A request may end with #<sha1 hex of what precedes the #>.",
+]
+
+
+class Usage(errors.MailsvcError):
+    def __init__(self, syntax):
+        super().__init__("usage: " + syntax)
+
+
+def format_date(seconds):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def message_lines(message):
+    return [
+        "OK message %d" % (message.id,),
+        "Id: %d" % (message.id,),
+        "From: " + message.sender,
+        "Date: " + format_date(message.date),
+        "Subject: " + message.subject,
+        "",
+    ] + message.body.split("\n")
+
+
+def _message_id(word, syntax):
+    if not word.isdigit() or not word.isascii():
+        raise Usage(syntax)
+    return int(word)
+
+
+class _Body:
+    """A SEND whose body is still arriving."""
+
+    def __init__(self, request, max_size):
+        self.request = request
+        self.lines = []
+        self.size = 0
+        self.max_size = max_size
+        self.error = None
+
+    def add(self, line):
+        self.size += len(line.encode("utf-8")) + 1
+        if self.size > self.max_size:
+            self.fail(errors.TooLarge("message too large: at most %d bytes" % self.max_size))
+        elif self.error is None:
+            self.lines.append(line)
+
+    def fail(self, error):
+        if self.error is None:
+            self.error = error
+            self.lines = []
+
+
+@implementer(IHalfCloseableProtocol)
+class MailProtocol(TextLineProtocol):
+    log = Logger()
+
+    # The session this connection logged in to, used when a request names none.
+    cookie = None
+    _body = None
+    _inputEnded = False
+    _connectionLost = False
+
+    @property
+    def service(self):
+        return self.factory.service
+
+    # Line handling
+
+    def textReceived(self, text):
+        if self._body is not None:
+            self._bodyLine(text)
+        else:
+            self._respond(self._request, text)
+
+    def undecodableLine(self):
+        if self._body is not None:
+            self._body.fail(errors.MailsvcError("message is not valid UTF-8"))
+        else:
+            self.sendText("KO request is not valid UTF-8")
+
+    def lineTooLong(self):
+        reason = "line too long: at most %d bytes" % (self.MAX_LENGTH,)
+        if self._body is not None:
+            self._body.fail(errors.MailsvcError(reason))
+        else:
+            self.sendText("KO " + reason)
+
+    def _respond(self, handler, *args):
+        """Reply to C{handler(*args)}, pausing input until the reply is sent."""
+        replied = []
+        d = defer.maybeDeferred(handler, *args)
+        d.addCallbacks(self._reply, self._refused)
+        d.addErrback(lambda failure: self.log.failure("reply failed", failure))
+        d.addCallback(replied.append)
+        # Not d.called: that is also true while d waits on a Deferred it chained.
+        if replied:
+            return
+        self.pauseProducing()
+        d.addCallback(lambda _: self._resume())
+
+    def _resume(self):
+        if self._connectionLost:
+            return
+        self.resumeProducing()
+        self._closeIfInputDone()
+
+    def connectionLost(self, reason):
+        self._connectionLost = True
+        super().connectionLost(reason)
+
+    def _reply(self, reply):
+        if reply is None:
+            return
+        if isinstance(reply, str):
+            self.sendText(reply)
+        else:
+            first, *content = reply
+            self.sendText(
+                first,
+                *("." + line if line.startswith(".") else line for line in content),
+                ".",
+            )
+
+    def _refused(self, failure):
+        if failure.check(errors.MailsvcError):
+            self.sendText("KO " + failure.value.reason)
+        else:
+            self.log.failure("request failed", failure)
+            self.sendText("KO internal error")
+
+    # Half-close: netcat at the end of its input still gets every reply.
+
+    def readConnectionLost(self):
+        self._inputEnded = True
+        self._closeIfInputDone()
+
+    def writeConnectionLost(self):
+        self.transport.loseConnection()
+
+    def _closeIfInputDone(self):
+        if not self._inputEnded or self.paused:
+            return
+        if self._buffer:
+            # A last request with no newline after it.
+            self.dataReceived(self.delimiter)
+            if self.paused:
+                return
+        self.transport.loseConnection()
+
+    # Requests
+
+    def _request(self, line):
+        match = CHECKSUM.search(line)
+        if match:
+            content = line[: match.start()]
+            intact = (
+                hashlib.sha1(content.encode("utf-8")).hexdigest()
+                == match.group(1).lower()
+            )
+        else:
+            content, intact = line, True
+        verb, rest = (content.split(None, 1) + ["", ""])[:2]
+        verb = verb.upper()
+        rest = rest.strip()
+        if verb == "SEND":
+            # The body follows whatever we think of this line: read it all,
+            # so that no body line is ever run as a command.
+            self._body = _Body(rest, self.factory.max_body)
+            if not intact:
+                self._body.fail(errors.MailsvcError("checksum mismatch"))
+            return None
+        if not intact:
+            raise errors.MailsvcError("checksum mismatch")
+        if not verb:
+            raise errors.MailsvcError("empty request, try HELP")
+        command = getattr(self, "do_" + verb, None)
+        if command is None:
+            raise errors.MailsvcError("unknown command, try HELP")
+        return command(rest)
+
+    def _session(self, rest):
+        """Split a request's arguments from the cookie that may end them."""
+        words = rest.rsplit(None, 1)
+        if words and COOKIE.match(words[-1]):
+            return (words[0] if len(words) == 2 else ""), words[-1]
+        return rest, self.cookie
+
+    def _bind(self, cookie):
+        self.cookie = cookie
+        return "OK " + cookie
+
+    def do_REGISTER(self, rest):
+        name, password = _credentials(rest, "REGISTER <user> <password>")
+        return self.service.register(name, password).addCallback(self._bind)
+
+    def do_LOGIN(self, rest):
+        name, password = _credentials(rest, "LOGIN <user> <password>")
+        return self.service.login(name, password).addCallback(self._bind)
+
+    def do_LOGOUT(self, rest):
+        extra, cookie = self._session(rest)
+        if extra:
+            raise Usage("LOGOUT [<cookie>]")
+        if cookie is None:
+            raise errors.NotLoggedIn("you are not logged in")
+
+        def loggedOut(_):
+            if cookie == self.cookie:
+                self.cookie = None
+            return "OK"
+
+        return self.service.logout(cookie).addCallback(loggedOut)
+
+    do_LOGOFF = do_LOGOUT
+
+    def do_MESSAGE(self, rest):
+        text, cookie = self._session(rest)
+        if not text:
+            raise Usage("MESSAGE <text> [<cookie>]")
+
+        def notLoggedIn(failure):
+            failure.trap(errors.NotLoggedIn)
+            return LOGIN_FIRST
+
+        d = self.service.stage(cookie, text)
+        return d.addCallbacks(lambda _: "OK", notLoggedIn)
+
+    def do_STORE(self, rest):
+        recipient, cookie = self._session(rest)
+        if not recipient or " " in recipient:
+            raise Usage("STORE <user> [<cookie>]")
+        return self.service.store(cookie, recipient).addCallback(lambda _: "OK")
+
+    def do_COUNT(self, rest):
+        cookie = self._cookieOnly(rest, "COUNT [<cookie>]")
+        return self.service.count(cookie).addCallback(lambda n: "COUNTED %d" % (n,))
+
+    def do_GETMSG(self, rest):
+        cookie = self._cookieOnly(rest, "GETMSG [<cookie>]")
+        return self.service.read(cookie).addCallback(message_lines)
+
+    def do_DELMSG(self, rest):
+        cookie = self._cookieOnly(rest, "DELMSG [<cookie>]")
+        return self.service.delete(cookie).addCallback(lambda _: "OK")
+
+    def _cookieOnly(self, rest, syntax):
+        extra, cookie = self._session(rest)
+        if extra:
+            raise Usage(syntax)
+        return cookie
+
+    def do_LIST(self, rest):
+        rest, cookie = self._session(rest)
+        words = rest.split()
+        if not words:
+            sender = None
+        elif len(words) == 2 and words[0].upper() == "FROM":
+            sender = words[1]
+        else:
+            raise Usage("LIST [FROM <sender>]")
+
+        def listed(messages):
+            return ["OK %d messages" % (len(messages),)] + [
+                "%d %s %s %s" % (m.id, m.sender, format_date(m.date), m.subject)
+                for m in messages
+            ]
+
+        return self.service.list(cookie, sender).addCallback(listed)
+
+    def do_READ(self, rest):
+        rest, cookie = self._session(rest)
+        message_id = _message_id(rest, "READ <id>")
+        return self.service.read(cookie, message_id).addCallback(message_lines)
+
+    def do_DELETE(self, rest):
+        rest, cookie = self._session(rest)
+        keyword, _, subject = rest.partition(" ")
+        if keyword.upper() == "SUBJECT" and subject.strip():
+            d = self.service.delete_subject(cookie, subject.strip())
+            return d.addCallback(lambda n: "OK deleted %d" % (n,))
+        message_id = _message_id(rest, "DELETE <id> | DELETE SUBJECT <subject>")
+        d = self.service.delete(cookie, message_id)
+        return d.addCallback(lambda _: "OK deleted 1")
+
+    def do_DUMP(self, rest):
+        def logged(result):
+            if not isinstance(result, dict):
+                self.log.warn("DUMP failed: {failure}", failure=result.value)
+            return "OK"
+
+        return self.service.dump().addBoth(logged)
+
+    def do_HELP(self, rest):
+        return ["OK commands"] + HELP
+
+    def do_QUIT(self, rest):
+        self.sendText("BYE")
+        self.transport.loseConnection()
+
+    # SEND's body
+
+    def _bodyLine(self, line):
+        body = self._body
+        if line != ".":
+            body.add(line[1:] if line.startswith(".") else line)
+            return
+        self._body = None
+        self._respond(self._send, body)
+
+    def _send(self, body):
+        if body.error is not None:
+            raise body.error
+        recipient, subject, cookie = self._sendHeader(body.request)
+        d = self.service.send(cookie, recipient, subject, "\n".join(body.lines))
+        return d.addCallback(lambda message_id: "OK %d" % (message_id,))
+
+    def _sendHeader(self, request):
+        rest, cookie = self._session(request)
+        recipient, _, subject = rest.partition(" ")
+        if not recipient:
+            raise Usage("SEND <user> <subject...>, then the body, then .")
+        return recipient, subject.strip(), cookie
+
+
+def _credentials(rest, syntax):
+    """C{<user> <password>}: the password is the rest of the line."""
+    parts = rest.split(None, 1)
+    if len(parts) != 2:
+        raise Usage(syntax)
+    return parts[0], parts[1].strip()
+
+
+class MailFactory(protocol.Factory):
+    protocol = MailProtocol
+
+    def __init__(self, service, max_body=1024 * 1024):
+        self.service = service
+        self.max_body = max_body

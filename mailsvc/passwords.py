@@ -1,0 +1,66 @@
+"""
+Password hashing with argon2id, off the reactor thread.
+
+A hash takes tens of milliseconds of CPU by design; run on the reactor it would
+stall every connection, so L{Passwords} runs each one in a small thread pool of
+its own (argon2-cffi releases the GIL while it works).
+"""
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+
+class Passwords:
+    """
+    Hash and verify passwords; both return Deferreds.
+
+    @param run: C{run(f, *args)} returns a Deferred of C{f(*args)}: see
+        L{threaded} for the server and L{inline} for tests.
+    """
+
+    def __init__(self, run, hasher=None, stop=lambda: None):
+        self._run = run
+        self.stop = stop
+        self._hasher = hasher or PasswordHasher()
+        # Checked against when the user does not exist, so that a wrong name
+        # costs as long as a wrong password and names cannot be probed by timing.
+        self._decoy = self._hasher.hash("decoy password")
+
+    @classmethod
+    def threaded(cls, reactor, threads=2, hasher=None):
+        """Passwords hashed in a pool of C{threads} threads, started now."""
+        pool = ThreadPool(minthreads=0, maxthreads=threads, name="mailsvc-passwords")
+        pool.start()
+        return cls(
+            lambda f, *args: deferToThreadPool(reactor, pool, f, *args),
+            hasher,
+            stop=pool.stop,
+        )
+
+    @classmethod
+    def inline(cls, hasher=None):
+        """Passwords hashed on the calling thread (for tests)."""
+        return cls(defer.maybeDeferred, hasher or cheap_hasher())
+
+    def hash(self, password):
+        return self._run(self._hasher.hash, password)
+
+    def verify(self, password_hash, password):
+        """Fire with whether C{password} matches; C{password_hash} None is a miss."""
+        return self._run(self._verify, password_hash, password)
+
+    def _verify(self, password_hash, password):
+        try:
+            return self._hasher.verify(password_hash or self._decoy, password) and (
+                password_hash is not None
+            )
+        except (VerificationError, InvalidHashError):
+            return False
+
+
+def cheap_hasher():
+    """An argon2id hasher fast enough for test suites; never for real accounts."""
+    return PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)

@@ -1,0 +1,469 @@
+"""
+Durable storage for accounts, sessions, staged messages and mailboxes.
+
+L{IMailStorage} is the whole contract between the service and a database: every
+method returns a Deferred and fires only after its change is committed. The
+one implementation, L{SQLiteStorage}, runs its SQL through an executor:
+
+  - L{GroupCommitExecutor}: one database thread; requests that arrive while a
+    transaction is being committed are run together in the next one (each in its
+    own SAVEPOINT, so one refusal does not undo the others), so 50 concurrent
+    writers pay for one fsync, not 50. The reactor thread never touches the disk.
+  - L{InlineExecutor}: runs each request at once on the calling thread, for
+    unit tests driven by StringTransport and Clock.
+"""
+
+import os
+import queue
+import sqlite3
+import threading
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from mailsvc import errors
+from mailsvc.schema import migrate
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    sender: str
+    date: float
+    subject: str
+    body: str = ""
+
+
+class IMailStorage(Interface):
+    """Durable state. Every method returns a Deferred."""
+
+    def add_account(name, password_hash, now):
+        """Create an account; fire with its name. L{errors.NameTaken}."""
+
+    def account(name):
+        """Fire with C{(canonical name, password hash)}, or None."""
+
+    def add_session(token_hash, account, now):
+        """Record a session of C{account}."""
+
+    def session_account(token_hash):
+        """Fire with the account of a session, or None."""
+
+    def remove_session(token_hash):
+        """Forget a session and what it staged; fire with whether it existed."""
+
+    def stage(token_hash, text, now):
+        """Stage C{text} in a session."""
+
+    def deliver_staged(token_hash, sender, recipient, now):
+        """
+        Move the session's most recent staged text into C{recipient}'s mailbox;
+        fire with the new message id. L{errors.NothingStaged},
+        L{errors.UnknownUser} (the text stays staged).
+        """
+
+    def deliver(recipient, sender, subject, body, now):
+        """Put a message in a mailbox; fire with its id. L{errors.UnknownUser}."""
+
+    def count(account):
+        """Fire with the number of messages in a mailbox."""
+
+    def headers(account, sender=None):
+        """Fire with a mailbox's L{Message}s, oldest first, without bodies."""
+
+    def message(account, message_id=None):
+        """
+        Fire with one L{Message}: C{message_id}, or the oldest.
+        L{errors.NoSuchMessage}, L{errors.EmptyMailbox}.
+        """
+
+    def delete(account, message_id=None):
+        """Delete C{message_id}, or the oldest; fire with the id deleted."""
+
+    def delete_subject(account, subject):
+        """Delete every message with exactly this subject; fire with how many."""
+
+    def summary():
+        """Fire with counts and sizes: a dict, never passwords or bodies."""
+
+
+def _run_batch(connection, batch):
+    """
+    Run C{[(work, args), ...]} in one transaction, each in a savepoint; return
+    C{[(succeeded, result or Failure), ...]} in the same order.
+    """
+    outcomes = []
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        for work, args in batch:
+            connection.execute("SAVEPOINT request")
+            try:
+                result = work(connection, *args)
+            except Exception as e:
+                connection.execute("ROLLBACK TO request")
+                connection.execute("RELEASE request")
+                outcomes.append((False, _storageFailure(e)))
+            else:
+                connection.execute("RELEASE request")
+                outcomes.append((True, result))
+        connection.execute("COMMIT")
+    except sqlite3.Error as e:
+        # Nothing of this batch is durable, so nothing may be acknowledged.
+        try:
+            connection.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        failure = _storageFailure(e)
+        return [(False, failure)] * len(batch)
+    return outcomes
+
+
+def _storageFailure(exception):
+    if isinstance(exception, (sqlite3.Error, OSError)):
+        log.warn("storage error: {error}", error=exception)
+        return Failure(errors.StorageUnavailable())
+    return Failure(exception)
+
+
+class InlineExecutor:
+    """Runs each request at once, in its own transaction, on the caller's thread."""
+
+    def __init__(self, connection):
+        self._connection = connection
+
+    def start(self):
+        pass
+
+    def submit(self, work, *args):
+        [(succeeded, result)] = _run_batch(self._connection, [(work, args)])
+        return defer.succeed(result) if succeeded else defer.fail(result)
+
+    def stop(self):
+        self._connection.close()
+        return defer.succeed(None)
+
+
+_STOP = object()
+
+
+class GroupCommitExecutor:
+    """
+    Runs requests on one database thread, as many as are waiting in each
+    transaction, and fires their Deferreds on the reactor thread after COMMIT.
+    """
+
+    def __init__(self, connect, reactor, max_batch=512):
+        self._connect = connect
+        self._connection = None
+        self._reactor = reactor
+        self._max_batch = max_batch
+        self._requests = queue.SimpleQueue()
+        self._thread = None
+        self._stopped = defer.Deferred()
+
+    def start(self):
+        self._thread = threading.Thread(
+            target=self._serve, name="mailsvc-storage", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, work, *args):
+        d = defer.Deferred()
+        self._requests.put((work, args, d))
+        return d
+
+    def stop(self):
+        """Finish every request already submitted, then close the database."""
+        if self._thread is None:
+            return defer.succeed(None)
+        self._thread = None
+        self._requests.put(_STOP)
+        return self._stopped
+
+    def _serve(self):
+        stopping = False
+        while not stopping:
+            pending = [self._requests.get()]
+            while len(pending) < self._max_batch:
+                try:
+                    pending.append(self._requests.get_nowait())
+                except queue.Empty:
+                    break
+            if pending[-1] is _STOP:
+                stopping = True
+                pending.pop()
+            if pending:
+                outcomes = self._run([(work, args) for work, args, _ in pending])
+                self._reactor.callFromThread(
+                    _fire, [d for _, _, d in pending], outcomes
+                )
+        if self._connection is not None:
+            self._connection.close()
+        self._reactor.callFromThread(self._stopped.callback, None)
+
+    def _run(self, batch):
+        if self._connection is None:
+            # Opened here, on the thread that uses it, and again after a failure,
+            # so the server recovers when the disk does.
+            try:
+                self._connection = self._connect()
+            except (sqlite3.Error, OSError) as e:
+                return [(False, _storageFailure(e))] * len(batch)
+        return _run_batch(self._connection, batch)
+
+
+def _fire(deferreds, outcomes):
+    for d, (succeeded, result) in zip(deferreds, outcomes):
+        if succeeded:
+            d.callback(result)
+        else:
+            d.errback(result)
+
+
+def connect(path):
+    """
+    Open (creating if need be) and migrate the database at C{path}.
+
+    A new database is built under a temporary name and renamed into place, so a
+    crash during creation never leaves a half-made database at C{path}.
+    """
+    if path != ":memory:" and not os.path.exists(path):
+        building = path + ".new"
+        if os.path.exists(building):
+            os.remove(building)
+        connection = _open(building)
+        connection.close()
+        os.replace(building, path)
+    return _open(path)
+
+
+def _open(path):
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode = WAL")
+    # FULL: a commit is on disk, not only in the OS cache, before its OK is sent.
+    connection.execute("PRAGMA synchronous = FULL")
+    connection.execute("PRAGMA foreign_keys = ON")
+    connection.execute("PRAGMA busy_timeout = 5000")
+    migrate(connection)
+    return connection
+
+
+@implementer(IMailStorage)
+class SQLiteStorage:
+    """L{IMailStorage} on SQLite; C{executor} decides which thread runs the SQL."""
+
+    def __init__(self, executor):
+        self._executor = executor
+
+    @classmethod
+    def open(cls, path, reactor):
+        """
+        A storage on the database at C{path}, served by a database thread.
+
+        The database is created and migrated now, so that a bad path fails
+        here, loudly, before the server listens; the thread opens its own
+        connection when the storage starts (after twistd has daemonized).
+        """
+        connect(path).close()
+        return cls(GroupCommitExecutor(lambda: connect(path), reactor))
+
+    @classmethod
+    def inline(cls, path=":memory:"):
+        """A storage that runs its SQL at once on the calling thread."""
+        return cls(InlineExecutor(connect(path)))
+
+    def start(self):
+        self._executor.start()
+
+    def stop(self):
+        return self._executor.stop()
+
+    def add_account(self, name, password_hash, now):
+        return self._executor.submit(_add_account, name, password_hash, now)
+
+    def account(self, name):
+        return self._executor.submit(_account, name)
+
+    def add_session(self, token_hash, account, now):
+        return self._executor.submit(_add_session, token_hash, account, now)
+
+    def session_account(self, token_hash):
+        return self._executor.submit(_session_account, token_hash)
+
+    def remove_session(self, token_hash):
+        return self._executor.submit(_remove_session, token_hash)
+
+    def stage(self, token_hash, text, now):
+        return self._executor.submit(_stage, token_hash, text, now)
+
+    def deliver_staged(self, token_hash, sender, recipient, now):
+        return self._executor.submit(_deliver_staged, token_hash, sender, recipient, now)
+
+    def deliver(self, recipient, sender, subject, body, now):
+        return self._executor.submit(_deliver, recipient, sender, subject, body, now)
+
+    def count(self, account):
+        return self._executor.submit(_count, account)
+
+    def headers(self, account, sender=None):
+        return self._executor.submit(_headers, account, sender)
+
+    def message(self, account, message_id=None):
+        return self._executor.submit(_message, account, message_id)
+
+    def delete(self, account, message_id=None):
+        return self._executor.submit(_delete, account, message_id)
+
+    def delete_subject(self, account, subject):
+        return self._executor.submit(_delete_subject, account, subject)
+
+    def summary(self):
+        return self._executor.submit(_summary)
+
+
+# The work functions below run on the database thread, inside a savepoint.
+
+
+def _add_account(db, name, password_hash, now):
+    try:
+        db.execute(
+            "INSERT INTO accounts (name, password_hash, created) VALUES (?, ?, ?)",
+            (name, password_hash, now),
+        )
+    except sqlite3.IntegrityError:
+        raise errors.NameTaken()
+    return name
+
+
+def _account(db, name):
+    return db.execute(
+        "SELECT name, password_hash FROM accounts WHERE name = ?", (name,)
+    ).fetchone()
+
+
+def _add_session(db, token_hash, account, now):
+    db.execute(
+        "INSERT INTO sessions (token_hash, account, created) VALUES (?, ?, ?)",
+        (token_hash, account, now),
+    )
+
+
+def _session_account(db, token_hash):
+    row = db.execute(
+        "SELECT account FROM sessions WHERE token_hash = ?", (token_hash,)
+    ).fetchone()
+    return row[0] if row else None
+
+
+def _remove_session(db, token_hash):
+    return (
+        db.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,)).rowcount
+        > 0
+    )
+
+
+def _stage(db, token_hash, text, now):
+    db.execute(
+        "INSERT INTO staged (session, text, created) VALUES (?, ?, ?)",
+        (token_hash, text, now),
+    )
+
+
+def _recipient(db, name):
+    row = db.execute("SELECT name FROM accounts WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise errors.UnknownUser("no such user: %s" % (name,))
+    return row[0]
+
+
+def _deliver_staged(db, token_hash, sender, recipient, now):
+    row = db.execute(
+        "SELECT id, text FROM staged WHERE session = ? ORDER BY id DESC LIMIT 1",
+        (token_hash,),
+    ).fetchone()
+    if row is None:
+        raise errors.NothingStaged()
+    staged_id, text = row
+    message_id = _deliver(db, recipient, sender, "", text, now)
+    db.execute("DELETE FROM staged WHERE id = ?", (staged_id,))
+    return message_id
+
+
+def _deliver(db, recipient, sender, subject, body, now):
+    recipient = _recipient(db, recipient)
+    return db.execute(
+        "INSERT INTO messages (recipient, sender, subject, body, created)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (recipient, sender, subject, body, now),
+    ).lastrowid
+
+
+def _count(db, account):
+    return db.execute(
+        "SELECT count(*) FROM messages WHERE recipient = ?", (account,)
+    ).fetchone()[0]
+
+
+def _headers(db, account, sender):
+    query = "SELECT id, sender, created, subject FROM messages WHERE recipient = ?"
+    parameters = [account]
+    if sender is not None:
+        query += " AND sender = ? COLLATE NOCASE"
+        parameters.append(sender)
+    rows = db.execute(query + " ORDER BY id", parameters)
+    return [Message(*row) for row in rows]
+
+
+def _message(db, account, message_id):
+    query = "SELECT id, sender, created, subject, body FROM messages WHERE recipient = ?"
+    if message_id is None:
+        row = db.execute(query + " ORDER BY id LIMIT 1", (account,)).fetchone()
+        if row is None:
+            raise errors.EmptyMailbox()
+    else:
+        row = db.execute(query + " AND id = ?", (account, message_id)).fetchone()
+        if row is None:
+            raise errors.NoSuchMessage("no such message: %d" % (message_id,))
+    return Message(*row)
+
+
+def _delete(db, account, message_id):
+    message_id = _message(db, account, message_id).id
+    db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+    return message_id
+
+
+def _delete_subject(db, account, subject):
+    return db.execute(
+        "DELETE FROM messages WHERE recipient = ? AND subject = ?", (account, subject)
+    ).rowcount
+
+
+def _summary(db):
+    def one(query):
+        return db.execute(query).fetchone()
+
+    (accounts,) = one("SELECT count(*) FROM accounts")
+    (sessions,) = one("SELECT count(*) FROM sessions")
+    staged, staged_bytes = one("SELECT count(*), coalesce(sum(length(text)), 0) FROM staged")
+    messages, message_bytes = one(
+        "SELECT count(*), coalesce(sum(length(subject) + length(body)), 0) FROM messages"
+    )
+    largest = db.execute(
+        "SELECT recipient, count(*), sum(length(subject) + length(body)) AS size"
+        " FROM messages GROUP BY recipient ORDER BY size DESC LIMIT 10"
+    ).fetchall()
+    return {
+        "accounts": accounts,
+        "sessions": sessions,
+        "staged": staged,
+        "staged_chars": staged_bytes,
+        "messages": messages,
+        "message_chars": message_bytes,
+        "largest_mailboxes": [tuple(row) for row in largest],
+    }

@@ -1,0 +1,71 @@
+import gc
+
+import pytest
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+from mailsvc.mailprotocol import MailFactory
+from mailsvc.passwords import Passwords
+from mailsvc.service import MailService
+from mailsvc.storage import SQLiteStorage
+
+
+@pytest.fixture(autouse=True)
+def logged_errors():
+    """
+    Fail the test if anything logged an error or a failure (pytest-twisted does
+    not). A test that provokes an error on purpose empties the list it yields.
+    """
+    seen = []
+
+    def observe(event):
+        if event.get("log_failure") is not None or event.get("log_level") in (
+            LogLevel.error,
+            LogLevel.critical,
+        ):
+            seen.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield seen
+        gc.collect()  # so that an unhandled failure in a lost Deferred is logged now
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    if seen:
+        pytest.fail(
+            "errors were logged:\n" + "\n".join(formatEvent(e) or repr(e) for e in seen)
+        )
+
+
+def within(d, seconds=10):
+    """C{d}, failing with TimeoutError if it has not fired after C{seconds}."""
+    from twisted.internet import reactor
+
+    return d.addTimeout(seconds, reactor)
+
+
+def inline_service(clock, path=":memory:"):
+    """A started service that answers synchronously: for StringTransport tests."""
+    service = MailService(SQLiteStorage.inline(path), Passwords.inline(), clock)
+    service.startService()
+    return service
+
+
+@pytest.fixture
+def clock():
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    return clock
+
+
+@pytest.fixture
+def service(clock):
+    service = inline_service(clock)
+    yield service
+    service.stopService()
+
+
+@pytest.fixture
+def mail_factory(service):
+    return MailFactory(service)
