@@ -1,0 +1,162 @@
+"""The mail port over real sockets on 127.0.0.1, with the real storage thread."""
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from zope.interface import implementer
+
+from conftest import within
+from mailsvc.mailprotocol import MailFactory
+from mailsvc.passwords import Passwords, cheap_hasher
+from mailsvc.service import MailService
+from mailsvc.storage import SQLiteStorage
+
+
+@implementer(IHalfCloseableProtocol)
+class Collector(protocol.Protocol):
+    """Keeps every byte received; C{closed} fires with them when the server closes."""
+
+    def __init__(self):
+        self.received = b""
+        self.closed = defer.Deferred()
+        self._waiting = []
+
+    def dataReceived(self, data):
+        self.received += data
+        for count, d in list(self._waiting):
+            if self.received.count(b"\r\n") >= count:
+                self._waiting.remove((count, d))
+                d.callback(self.lines())
+
+    def lines(self):
+        return self.received.decode("utf-8").split("\r\n")[:-1]
+
+    def linesReceived(self, count):
+        """Fire with all lines once C{count} have arrived."""
+        d = defer.Deferred()
+        self._waiting.append((count, d))
+        self.dataReceived(b"")
+        return within(d)
+
+    def request(self, *lines):
+        self.transport.write("".join(line + "\r\n" for line in lines).encode("utf-8"))
+
+    def readConnectionLost(self):
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
+
+    def connectionLost(self, reason):
+        self.closed.callback(self.lines())
+
+
+@pytest.fixture
+def server(tmp_path):
+    from twisted.internet import reactor
+
+    service = MailService(
+        SQLiteStorage.open(str(tmp_path / "mail.sqlite"), reactor),
+        Passwords.threaded(reactor, hasher=cheap_hasher()),
+        reactor,
+    )
+    service.startService()
+    port = pytest_twisted.blockon(
+        TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(MailFactory(service))
+    )
+    yield service, port.getHost().port
+    pytest_twisted.blockon(within(defer.maybeDeferred(port.stopListening)))
+    pytest_twisted.blockon(within(service.stopService()))
+
+
+async def connect(port):
+    from twisted.internet import reactor
+
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    return await within(endpoint.connect(protocol.Factory.forProtocol(Collector)))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_piped_file_then_half_close_gets_every_reply(server):
+    _, port = server
+    client = await connect(port)
+    requests = ["REGISTER alice pw"] + ["MESSAGE m%d" % i for i in range(50)]
+    requests += ["STORE alice"] * 50 + ["COUNT", "GETMSG", "LIST"]
+    client.request(*requests)
+    client.transport.loseWriteConnection()
+    lines = await within(client.closed)
+    assert lines[0].startswith("OK ")
+    assert lines[1:101] == ["OK"] * 100
+    assert lines[101] == "COUNTED 50"
+    assert lines[102] == "OK message 1" and lines[-1] == "."
+    # LIST: header, 50 rows, terminator, as the last reply.
+    assert lines[-52] == "OK 50 messages"
+
+
+@pytest_twisted.ensureDeferred
+async def test_fifty_concurrent_senders_are_all_acknowledged(server):
+    service, port = server
+    owner = await connect(port)
+    owner.request("REGISTER bob pw")
+    [reply] = await owner.linesReceived(1)
+    cookie = reply.split()[1]
+    senders = [await connect(port) for _ in range(50)]
+    for i, sender in enumerate(senders):
+        sender.request("SEND bob s%d %s" % (i, cookie), "body %d" % i, ".")
+    replies = await within(
+        defer.gatherResults([s.linesReceived(1) for s in senders])
+    )
+    ids = sorted(int(r[0].split()[1]) for r in replies)
+    assert ids == list(range(1, 51))
+    owner.request("COUNT")
+    assert (await owner.linesReceived(2))[1] == "COUNTED 50"
+    for client in senders + [owner]:
+        client.transport.loseConnection()
+        await within(client.closed)
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_hashing_does_not_block_other_connections(tmp_path):
+    import threading
+
+    from twisted.internet import reactor
+    from twisted.internet.threads import deferToThread
+
+    hashing = threading.Event()
+    may_finish = threading.Event()
+
+    def slow(f, *args):
+        def work():
+            hashing.set()
+            may_finish.wait(10)
+            return f(*args)
+
+        return deferToThread(work)
+
+    service = MailService(
+        SQLiteStorage.open(str(tmp_path / "mail.sqlite"), reactor),
+        Passwords(slow, cheap_hasher()),
+        reactor,
+    )
+    service.startService()
+    port = await within(
+        TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(MailFactory(service))
+    )
+    try:
+        first, second = await connect(port.getHost().port), await connect(port.getHost().port)
+        first.request("REGISTER carol pw")
+        assert await within(deferToThread(hashing.wait, 10))
+        second.request("HELP")
+        assert (await second.linesReceived(1))[0] == "OK commands"
+        assert first.lines() == []
+        may_finish.set()
+        assert (await first.linesReceived(1))[0].startswith("OK ")
+        for client in (first, second):
+            client.transport.loseConnection()
+            await within(client.closed)
+    finally:
+        may_finish.set()
+        await within(defer.maybeDeferred(port.stopListening))
+        await within(service.stopService())

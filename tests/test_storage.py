@@ -1,0 +1,156 @@
+"""SQLite storage on a real file: migrations, group commit, savepoints, failures."""
+
+import sqlite3
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from conftest import within
+from mailsvc import errors
+from mailsvc.schema import MIGRATIONS, SchemaTooNew
+from mailsvc.storage import GroupCommitExecutor, SQLiteStorage, connect
+
+
+@pytest.fixture
+def path(tmp_path):
+    return str(tmp_path / "mail.sqlite")
+
+
+def test_new_database_gets_the_whole_schema_in_wal_mode(path):
+    db = connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+
+
+def test_a_database_from_a_newer_mailsvc_is_refused(path):
+    db = connect(path)
+    db.execute("PRAGMA user_version = %d" % (len(MIGRATIONS) + 1))
+    db.close()
+    with pytest.raises(SchemaTooNew):
+        connect(path)
+
+
+def test_open_fails_loudly_on_a_bad_path(tmp_path):
+    from twisted.internet import reactor
+
+    with pytest.raises(sqlite3.Error):
+        SQLiteStorage.open(str(tmp_path / "missing" / "dir" / "x.sqlite"), reactor)
+
+
+def test_an_interrupted_creation_is_started_again(path):
+    with open(path + ".new", "wb") as half_made:
+        half_made.write(b"garbage")
+    connect(path).close()
+    assert connect(path).execute("SELECT count(*) FROM accounts").fetchone() == (0,)
+
+
+class Counting:
+    """Connects to a database and counts its COMMITs."""
+
+    def __init__(self, path):
+        self.path = path
+        self.commits = 0
+
+    def __call__(self):
+        db = connect(self.path)
+
+        def traced(statement):
+            if statement == "COMMIT":
+                self.commits += 1
+
+        db.set_trace_callback(traced)
+        return db
+
+
+@pytest.fixture
+def counting(path):
+    return Counting(path)
+
+
+@pytest.fixture
+def storage(counting):
+    from twisted.internet import reactor
+
+    connect(counting.path).close()
+    storage = SQLiteStorage(GroupCommitExecutor(counting, reactor))
+    storage.start()
+    yield storage
+    pytest_twisted.blockon(within(storage.stop()))
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_writes_share_commits(storage, counting):
+    await within(storage.add_account("bob", "hash", 0.0))
+    counting.commits = 0
+    ids = await within(
+        defer.gatherResults(
+            [storage.deliver("bob", "alice", "s%d" % i, "body", 1.0) for i in range(200)]
+        )
+    )
+    assert sorted(ids) == list(range(1, 201))
+    assert await within(storage.count("bob")) == 200
+    # 200 requests, and far fewer transactions: the writer batched them.
+    assert 1 <= counting.commits < 100
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_request_does_not_undo_its_batch(storage):
+    await within(storage.add_account("bob", "hash", 0.0))
+    results = await within(
+        defer.DeferredList(
+            [
+                storage.deliver("bob", "alice", "one", "", 1.0),
+                storage.deliver("nobody", "alice", "lost", "", 1.0),
+                storage.add_account("bob", "again", 1.0),
+                storage.deliver("bob", "alice", "two", "", 1.0),
+            ],
+            consumeErrors=True,
+        )
+    )
+    assert [ok for ok, _ in results] == [True, False, False, True]
+    assert results[1][1].check(errors.UnknownUser)
+    assert results[2][1].check(errors.NameTaken)
+    headers = await within(storage.headers("bob"))
+    assert [m.subject for m in headers] == ["one", "two"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_locked_database_fails_the_request_and_the_storage_recovers(path):
+    from twisted.internet import reactor
+
+    def impatient():
+        db = connect(path)
+        db.execute("PRAGMA busy_timeout = 0")
+        return db
+
+    connect(path).close()
+    storage = SQLiteStorage(GroupCommitExecutor(impatient, reactor))
+    storage.start()
+    try:
+        await within(storage.add_account("bob", "hash", 0.0))
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        with pytest.raises(errors.StorageUnavailable):
+            await within(storage.deliver("bob", "alice", "s", "b", 1.0))
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        assert await within(storage.deliver("bob", "alice", "t", "b", 1.0)) == 1
+        assert [m.subject for m in await within(storage.headers("bob"))] == ["t"]
+    finally:
+        await within(storage.stop())
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_finishes_what_was_submitted(counting):
+    from twisted.internet import reactor
+
+    connect(counting.path).close()
+    storage = SQLiteStorage(GroupCommitExecutor(counting, reactor))
+    storage.start()
+    pending = [storage.add_account("u%d" % i, "h", 0.0) for i in range(20)]
+    await within(storage.stop())
+    assert len(await within(defer.gatherResults(pending))) == 20
+    db = connect(counting.path)
+    assert db.execute("SELECT count(*) FROM accounts").fetchone() == (20,)
