@@ -56,3 +56,19 @@ class TooLarge(MailsvcError):
 
 class StorageUnavailable(MailsvcError):
     reason = "storage unavailable"
+
+
+class InvalidNick(MailsvcError):
+    reason = "invalid nickname: use 1 to 32 letters, digits, _ or -"
+
+
+class NickTaken(MailsvcError):
+    reason = "nickname in use"
+
+
+class NickReserved(MailsvcError):
+    reason = "nickname belongs to a mail account: NICK <name> <password>"
+
+
+class NoSuchNick(MailsvcError):
+    reason = "no such nickname"

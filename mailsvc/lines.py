@@ -4,7 +4,9 @@ CRLF, replies ending in CRLF, and an answer to an overlong line instead of
 Twisted's silent disconnect.
 """
 
+from twisted.internet import defer, protocol
 from twisted.internet.interfaces import ITCPTransport
+from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
 CRLF = b"\r\n"
@@ -17,7 +19,17 @@ class TextLineProtocol(LineReceiver):
     Subclasses implement L{textReceived}, L{undecodableLine} and L{lineTooLong}.
     An overlong line is reported once and the rest of it, up to the next newline,
     is thrown away; the lines after it are read as usual.
+
+    L{respond} keeps replies in request order however long the service takes:
+    while a request's Deferred is pending the protocol pauses (as twisted.mail's
+    POP3 does), so lines already buffered or still arriving wait their turn.
     """
+
+    log = Logger()
+    _connectionLost = False
+
+    def __init__(self):
+        self._whenClosed = []
 
     # LF, so that both netcat's LF and telnet's CRLF end a line; a CR before it
     # is removed in lineReceived.
@@ -28,6 +40,7 @@ class TextLineProtocol(LineReceiver):
     _overflow = None
 
     def connectionMade(self):
+        self.factory.connections.add(self)
         if ITCPTransport.providedBy(self.transport):
             # Without it, a client that both sends and receives stalls ~40 ms
             # on delayed ACKs.
@@ -63,6 +76,48 @@ class TextLineProtocol(LineReceiver):
         else:
             self.textReceived(text)
 
+    def connectionLost(self, reason):
+        self._connectionLost = True
+        self.factory.connections.discard(self)
+        super().connectionLost(reason)
+        waiting, self._whenClosed = self._whenClosed, []
+        for d in waiting:
+            d.callback(None)
+
+    def whenClosed(self):
+        """A Deferred that fires when the connection has been lost."""
+        if self._connectionLost:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._whenClosed.append(d)
+        return d
+
+    def shutdown(self):
+        """The server is stopping: close this connection."""
+        self.transport.loseConnection()
+
+    def respond(self, handler, *args):
+        """Call C{handler(*args)}; pass its result to L{reply}, or its failure
+        to L{refuse}; read no further line until that is done."""
+        replied = []
+        d = defer.maybeDeferred(handler, *args)
+        d.addCallbacks(self.reply, self.refuse)
+        d.addErrback(lambda failure: self.log.failure("reply failed", failure))
+        d.addCallback(replied.append)
+        # Not d.called: that is also true while d waits on a Deferred it chained.
+        if replied:
+            return
+        self.pauseProducing()
+        d.addCallback(lambda _: self._replied())
+
+    def _replied(self):
+        if not self._connectionLost:
+            self.resumeProducing()
+            self.requestsDone()
+
+    def requestsDone(self):
+        """Called after a delayed reply, once the lines that waited are read."""
+
     def sendText(self, *lines):
         """Send each of C{lines} (text) in one write, each ending in CRLF."""
         self.transport.write(b"".join(line.encode("utf-8") + CRLF for line in lines))
@@ -70,8 +125,40 @@ class TextLineProtocol(LineReceiver):
     def textReceived(self, text):
         raise NotImplementedError()
 
+    def reply(self, result):
+        raise NotImplementedError()
+
+    def refuse(self, failure):
+        raise NotImplementedError()
+
     def undecodableLine(self):
         raise NotImplementedError()
 
     def lineTooLong(self):
         raise NotImplementedError()
+
+
+class TextLineFactory(protocol.Factory):
+    """Builds L{TextLineProtocol}s and keeps track of the live ones."""
+
+    def __init__(self):
+        self.connections = set()
+
+    def closeAll(self, clock, patience=5.0):
+        """
+        Ask every connection to close; fire when all have. One that has not
+        closed after C{patience} seconds (a client that stopped reading, so its
+        output never drains) is aborted.
+        """
+        connections = list(self.connections)
+        closed = defer.gatherResults([c.whenClosed() for c in connections])
+        for connection in connections:
+            connection.shutdown()
+        abort = clock.callLater(patience, self._abort, connections)
+        return closed.addBoth(lambda result: abort.active() and abort.cancel())
+
+    @staticmethod
+    def _abort(connections):
+        for connection in connections:
+            if not connection._connectionLost:
+                connection.transport.abortConnection()

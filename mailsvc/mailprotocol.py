@@ -1,22 +1,19 @@
 """
 The mail command port: parse a request line, call the shared service, reply.
 
-Replies keep request order however long the service takes: while a request's
-Deferred is pending the protocol pauses (as twisted.mail's POP3 does), so lines
-that are already buffered or still arriving wait their turn.
+Replies keep request order (see L{mailsvc.lines.TextLineProtocol.respond}), and a
+client that half-closes its side still gets every reply before the server closes.
 """
 
 import hashlib
 import re
 import time
 
-from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailsvc import errors
-from mailsvc.lines import TextLineProtocol
+from mailsvc.lines import TextLineFactory, TextLineProtocol
 from mailsvc.service import COOKIE
 
 CHECKSUM = re.compile(r"#([0-9A-Fa-f]{40})\Z")
@@ -95,13 +92,10 @@ class _Body:
 
 @implementer(IHalfCloseableProtocol)
 class MailProtocol(TextLineProtocol):
-    log = Logger()
-
     # The session this connection logged in to, used when a request names none.
     cookie = None
     _body = None
     _inputEnded = False
-    _connectionLost = False
 
     @property
     def service(self):
@@ -113,7 +107,7 @@ class MailProtocol(TextLineProtocol):
         if self._body is not None:
             self._bodyLine(text)
         else:
-            self._respond(self._request, text)
+            self.respond(self._request, text)
 
     def undecodableLine(self):
         if self._body is not None:
@@ -128,30 +122,7 @@ class MailProtocol(TextLineProtocol):
         else:
             self.sendText("KO " + reason)
 
-    def _respond(self, handler, *args):
-        """Reply to C{handler(*args)}, pausing input until the reply is sent."""
-        replied = []
-        d = defer.maybeDeferred(handler, *args)
-        d.addCallbacks(self._reply, self._refused)
-        d.addErrback(lambda failure: self.log.failure("reply failed", failure))
-        d.addCallback(replied.append)
-        # Not d.called: that is also true while d waits on a Deferred it chained.
-        if replied:
-            return
-        self.pauseProducing()
-        d.addCallback(lambda _: self._resume())
-
-    def _resume(self):
-        if self._connectionLost:
-            return
-        self.resumeProducing()
-        self._closeIfInputDone()
-
-    def connectionLost(self, reason):
-        self._connectionLost = True
-        super().connectionLost(reason)
-
-    def _reply(self, reply):
+    def reply(self, reply):
         if reply is None:
             return
         if isinstance(reply, str):
@@ -164,7 +135,7 @@ class MailProtocol(TextLineProtocol):
                 ".",
             )
 
-    def _refused(self, failure):
+    def refuse(self, failure):
         if failure.check(errors.MailsvcError):
             self.sendText("KO " + failure.value.reason)
         else:
@@ -179,6 +150,15 @@ class MailProtocol(TextLineProtocol):
 
     def writeConnectionLost(self):
         self.transport.loseConnection()
+
+    def requestsDone(self):
+        self._closeIfInputDone()
+
+    def shutdown(self):
+        # Finish the request in progress, then close.
+        self._inputEnded = True
+        self._buffer = b""
+        self._closeIfInputDone()
 
     def _closeIfInputDone(self):
         if not self._inputEnded or self.paused:
@@ -348,7 +328,7 @@ class MailProtocol(TextLineProtocol):
             body.add(line[1:] if line.startswith(".") else line)
             return
         self._body = None
-        self._respond(self._send, body)
+        self.respond(self._send, body)
 
     def _send(self, body):
         if body.error is not None:
@@ -373,9 +353,10 @@ def _credentials(rest, syntax):
     return parts[0], parts[1].strip()
 
 
-class MailFactory(protocol.Factory):
+class MailFactory(TextLineFactory):
     protocol = MailProtocol
 
     def __init__(self, service, max_body=1024 * 1024):
+        super().__init__()
         self.service = service
         self.max_body = max_body

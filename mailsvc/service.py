@@ -15,6 +15,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailsvc import errors
+from mailsvc.room import ChatRoom
 
 NAME = re.compile(r"[A-Za-z0-9]{1,32}\Z")
 
@@ -32,19 +33,24 @@ def _token_hash(cookie):
     return hashlib.sha256(cookie.encode("ascii")).digest()
 
 
-class MailService(service.Service):
+class SharedService(service.Service):
     """
-    Accounts, sessions, staged messages and mailboxes.
+    Accounts, sessions, staged messages, mailboxes, and the chat room: the one
+    world both ports see.
 
     @param storage: an L{mailsvc.storage.IMailStorage}.
     @param passwords: a L{mailsvc.passwords.Passwords}.
     @param clock: an L{IReactorTime}, for message dates.
+    @param room: the L{ChatRoom}; a new one, without a chat log, by default.
     """
 
-    def __init__(self, storage, passwords, clock):
+    log = Logger()
+
+    def __init__(self, storage, passwords, clock, room=None):
         self.storage = storage
         self.passwords = passwords
         self.clock = clock
+        self.room = room if room is not None else ChatRoom()
         # cookie hash -> account: sessions are few and read on every command.
         self._sessions = {}
 
@@ -132,23 +138,32 @@ class MailService(service.Service):
 
     def store(self, cookie, recipient):
         """Deliver the session's most recent staged text; fire with its id."""
-        return self._as(
-            cookie,
-            lambda account: self.storage.deliver_staged(
+
+        def store(account):
+            d = self.storage.deliver_staged(
                 _token_hash(cookie), account, recipient, self.clock.seconds()
-            ),
-        )
+            )
+            return d.addCallback(self._delivered, recipient, account, "")
+
+        return self._as(cookie, store)
 
     # Mailboxes
 
     def send(self, cookie, recipient, subject, body):
         """Deliver a message from the session's account; fire with its id."""
         return self._as(
-            cookie,
-            lambda account: self.storage.deliver(
-                recipient, account, subject, body, self.clock.seconds()
-            ),
+            cookie, lambda account: self._deliver(recipient, account, subject, body)
         )
+
+    def _deliver(self, recipient, sender, subject, body):
+        d = self.storage.deliver(recipient, sender, subject, body, self.clock.seconds())
+        return d.addCallback(self._delivered, recipient, sender, subject)
+
+    def _delivered(self, message_id, recipient, sender, subject):
+        self.room.notify_account(
+            recipient, "* new mail from %s: %s" % (sender, subject)
+        )
+        return message_id
 
     def count(self, cookie):
         return self._as(cookie, self.storage.count)
@@ -176,8 +191,6 @@ class MailService(service.Service):
             deleted
         )
 
-    log = Logger()
-
     def dump(self):
         """Log a summary of the stored state (never passwords or bodies)."""
 
@@ -192,6 +205,69 @@ class MailService(service.Service):
             return summary
 
         return self.storage.summary().addCallback(logged)
+
+
+    # The chat room
+
+    def join_chat(self, participant, nick, password=None):
+        """
+        Add C{participant} to the room as C{nick}; fire with the room's recent
+        history. The name of a mail account is reserved for its owner: it takes
+        the account's password (L{errors.NickReserved}, L{errors.BadCredentials}).
+        """
+        try:
+            self.room.check_nick(nick)
+        except errors.MailsvcError:
+            return defer.fail()
+        d = self.storage.account(nick) if NAME.match(nick) else defer.succeed(None)
+
+        def found(row):
+            if row is None:
+                return self.room.join(participant, nick)
+            account, password_hash = row
+            if password is None:
+                raise errors.NickReserved()
+            d = self.passwords.verify(password_hash, password)
+            return d.addCallback(verified, account)
+
+        def verified(matched, account):
+            if not matched:
+                raise errors.BadCredentials("wrong password for that nickname")
+            return self.room.join(participant, account, account)
+
+        return d.addCallback(found)
+
+    def leave_chat(self, participant):
+        self.room.leave(participant)
+
+    def say(self, participant, text):
+        self.room.say(participant, text)
+
+    def chat_private(self, sender, nick, text):
+        """
+        Send C{text} to C{nick} in the room; fire with None. If C{nick} is not
+        here but has a mailbox, and C{sender} holds a reserved nickname, mail
+        it there instead and fire with the message id.
+        """
+        if nick in self.room:
+            self.room.private(sender, nick, text)
+            return defer.succeed(None)
+        if sender.account is None:
+            return defer.fail(
+                errors.NoSuchNick(
+                    "%s is not here (mail to a mailbox needs a registered nickname)"
+                    % (nick,)
+                )
+            )
+        d = self._deliver(
+            nick, sender.account, "Chat message from %s" % (sender.nick,), text
+        )
+
+        def unknown(failure):
+            failure.trap(errors.UnknownUser)
+            raise errors.NoSuchNick("no such nickname or mailbox: %s" % (nick,))
+
+        return d.addErrback(unknown)
 
 
 def _check_name(name):

@@ -1,16 +1,23 @@
 """
 C{twistd mailsvc}: the options and the service tree.
 
-The store is added to the tree first and the listeners last, so on shutdown the
-listeners stop first and the store closes only after they have.
+Children start in the order they are added and stop in the reverse order, one
+after another: the listeners stop accepting first, then the connections get
+their shutdown notice and grace period, then the shared service drains its
+storage, and the chat log is closed last.
 """
 
 from twisted.application import service, strports
+from twisted.internet import defer, task
+from twisted.logger import Logger
 from twisted.python import usage
 
+from mailsvc.chatlog import ChatLog
+from mailsvc.chatprotocol import ChatFactory
 from mailsvc.mailprotocol import MailFactory
 from mailsvc.passwords import Passwords
-from mailsvc.service import MailService
+from mailsvc.room import ChatRoom
+from mailsvc.service import SharedService
 from mailsvc.storage import SQLiteStorage
 
 
@@ -37,31 +44,90 @@ class Options(usage.Options):
             endpoint,
         ],
         ["db", "d", "mailsvc.sqlite", "SQLite database file (created if missing)."],
+        ["chat-log", None, "chat.log", "File that records chat joins, messages, leaves."],
+        ["history", None, 20, "Recent chat messages shown to a newcomer (0: none).", int],
         [
-            "max-body",
+            "shutdown-grace",
             None,
-            1024 * 1024,
-            "Largest SEND body accepted, in bytes.",
+            5,
+            "Seconds the chat keeps working after the shutdown notice.",
             int,
         ],
+        [
+            "max-sendq",
+            None,
+            1024 * 1024,
+            "Bytes of output a chat client may leave unread before it is dropped.",
+            int,
+        ],
+        ["max-body", None, 1024 * 1024, "Largest SEND body accepted, in bytes.", int],
     ]
 
     longdesc = (
-        "Serves the mail command protocol on --port. State lives in one SQLite"
-        " database (--db). See docs/operations.md."
+        "Serves the mail command protocol on --port and the group chat on"
+        " --chat-port, over one shared state in a SQLite database (--db)."
+        " See docs/operations.md."
     )
+
+    def postOptions(self):
+        for name in ("history", "shutdown-grace", "max-sendq", "max-body"):
+            if self[name] < 0:
+                raise usage.UsageError("--%s must not be negative" % (name,))
+
+
+class OneByOne(service.MultiService):
+    """A MultiService that stops its children one at a time, last added first,
+    waiting for each (the stock one stops them all at once)."""
+
+    log = Logger()
+
+    def stopService(self):
+        service.Service.stopService(self)
+        d = defer.succeed(None)
+        for child in reversed(list(self)):
+            d.addCallback(lambda _, child=child: child.stopService())
+            d.addErrback(lambda f, child=child: self.log.failure("stopping {c}", f, c=child))
+        return d
+
+
+class GracefulShutdown(service.Service):
+    """On stop: tell the chat, keep serving for C{grace} seconds, then close
+    every connection (a mail request in progress is finished first)."""
+
+    def __init__(self, chat, mail, grace, clock):
+        self.chat = chat
+        self.mail = mail
+        self.grace = grace
+        self.clock = clock
+
+    def stopService(self):
+        super().stopService()
+        self.chat.announce_shutdown(self.grace)
+        d = task.deferLater(self.clock, self.grace, lambda: None)
+        return d.addCallback(
+            lambda _: defer.gatherResults(
+                [self.chat.closeAll(self.clock), self.mail.closeAll(self.clock)]
+            )
+        )
 
 
 def makeService(config, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
-    top = service.MultiService()
-    mail = MailService(
+    top = OneByOne()
+    open(config["chat-log"], "a").close()  # an unwritable log fails now, loudly
+    chat_log = ChatLog(config["chat-log"], reactor)
+    chat_log.setServiceParent(top)
+    shared = SharedService(
         SQLiteStorage.open(config["db"], reactor),
         Passwords.threaded(reactor),
         reactor,
+        ChatRoom(chat_log, history=config["history"]),
     )
-    mail.setServiceParent(top)
-    listener = strports.service(config["port"], MailFactory(mail, config["max-body"]))
-    listener.setServiceParent(top)
+    shared.setServiceParent(top)
+    mail = MailFactory(shared, max_body=config["max-body"])
+    chat = ChatFactory(shared, max_sendq=config["max-sendq"])
+    GracefulShutdown(chat, mail, config["shutdown-grace"], reactor).setServiceParent(top)
+    strports.service(config["port"], mail).setServiceParent(top)
+    strports.service(config["chat-port"], chat).setServiceParent(top)
     return top

@@ -5,7 +5,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from mailsvc.mailprotocol import MailFactory
 from mailsvc.passwords import Passwords
-from mailsvc.service import MailService
+from mailsvc.service import SharedService
 from mailsvc.storage import SQLiteStorage
 
 
@@ -45,7 +45,7 @@ def within(d, seconds=10):
 
 def inline_service(clock, path=":memory:"):
     """A started service that answers synchronously: for StringTransport tests."""
-    service = MailService(SQLiteStorage.inline(path), Passwords.inline(), clock)
+    service = SharedService(SQLiteStorage.inline(path), Passwords.inline(), clock)
     service.startService()
     return service
 

@@ -10,7 +10,7 @@ from zope.interface import implementer
 from conftest import within
 from mailsvc.mailprotocol import MailFactory
 from mailsvc.passwords import Passwords, cheap_hasher
-from mailsvc.service import MailService
+from mailsvc.service import SharedService
 from mailsvc.storage import SQLiteStorage
 
 
@@ -57,7 +57,7 @@ class Collector(protocol.Protocol):
 def server(tmp_path):
     from twisted.internet import reactor
 
-    service = MailService(
+    service = SharedService(
         SQLiteStorage.open(str(tmp_path / "mail.sqlite"), reactor),
         Passwords.threaded(reactor, hasher=cheap_hasher()),
         reactor,
@@ -135,7 +135,7 @@ async def test_password_hashing_does_not_block_other_connections(tmp_path):
 
         return deferToThread(work)
 
-    service = MailService(
+    service = SharedService(
         SQLiteStorage.open(str(tmp_path / "mail.sqlite"), reactor),
         Passwords(slow, cheap_hasher()),
         reactor,

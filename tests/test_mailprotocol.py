@@ -313,11 +313,11 @@ class HeldExecutor:
 def held(clock):
     from mailsvc.mailprotocol import MailFactory
     from mailsvc.passwords import Passwords
-    from mailsvc.service import MailService
+    from mailsvc.service import SharedService
     from mailsvc.storage import InlineExecutor, SQLiteStorage, connect
 
     executor = HeldExecutor(InlineExecutor(connect(":memory:")))
-    service = MailService(SQLiteStorage(executor), Passwords.inline(), clock)
+    service = SharedService(SQLiteStorage(executor), Passwords.inline(), clock)
     wire = Wire(MailFactory(service))
     yield wire, executor
     executor.stop()

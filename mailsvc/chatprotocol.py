@@ -1,0 +1,189 @@
+"""
+The chat port: HELLO, NICK until READY, then every line is a message to the
+room, and lines that begin with C{/} are commands answered to the sender alone.
+"""
+
+import re
+
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+from mailsvc import errors
+from mailsvc.lines import TextLineFactory, TextLineProtocol
+from mailsvc.room import IChatParticipant
+
+# "NICK alice", "NICK alice password", and "NICKalice" as the CSC 328 client sends.
+NICK_REQUEST = re.compile(r"NICK\s*(\S+)(?:\s+(.+))?\Z", re.IGNORECASE)
+
+HELP = [
+    "* commands:",
+    "*   /who                 who is here",
+    "*   /msg <nick> <text>   a private message (or mail, to a registered user who",
+    "*                        is not here, if your nickname is registered)",
+    "*   /help                this list",
+    "*   /quit or BYE         leave",
+    "*   //text               send a message that begins with /",
+]
+
+
+@implementer(IPushProducer)
+class _Backlog:
+    """
+    Told by the transport when its write buffer is over its high-water mark
+    (pauseProducing) and when it has drained (resumeProducing); counts what
+    was written meanwhile.
+    """
+
+    def __init__(self):
+        self.paused = False
+        self.size = 0
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        self.size = 0
+
+    def stopProducing(self):
+        pass
+
+
+@implementer(IChatParticipant)
+class ChatProtocol(TextLineProtocol):
+    nick = None
+    account = None
+    peer = None
+    ready = False
+    _dropped = False
+
+    @property
+    def service(self):
+        return self.factory.service
+
+    def connectionMade(self):
+        super().connectionMade()
+        address = self.transport.getPeer()
+        host, port = getattr(address, "host", None), getattr(address, "port", None)
+        self.peer = "%s:%s" % (host, port) if host is not None else str(address)
+        self._backlog = _Backlog()
+        self.transport.registerProducer(self._backlog, True)
+        self.sendText("HELLO")
+
+    def connectionLost(self, reason):
+        if self.ready:
+            self.service.leave_chat(self)
+        super().connectionLost(reason)
+
+    def send(self, data):
+        """L{IChatParticipant.send}: bounded by the factory's max_sendq."""
+        if self._dropped:
+            return
+        if self._backlog.paused:
+            self._backlog.size += len(data)
+            if self._backlog.size > self.factory.max_sendq:
+                self.log.warn(
+                    "SendQ exceeded: disconnecting {nick} ({peer}), over {limit} bytes"
+                    " waiting",
+                    nick=self.nick,
+                    peer=self.peer,
+                    limit=self.factory.max_sendq,
+                )
+                self._dropped = True
+                self.transport.abortConnection()
+                return
+        self.transport.write(data)
+
+    def sendText(self, *lines):
+        if not self._dropped:
+            super().sendText(*lines)
+
+    # Line handling
+
+    def textReceived(self, text):
+        if text.strip().upper() == "BYE" or text.strip().lower() == "/quit":
+            self.transport.loseConnection()
+        elif not self.ready:
+            self.respond(self._nick, text)
+        elif text.startswith("//"):
+            self.service.say(self, text[1:])
+        elif text.startswith("/"):
+            self.respond(self._command, text)
+        elif text:
+            self.service.say(self, text)
+
+    def undecodableLine(self):
+        self.refuse(errors.MailsvcError("line is not valid UTF-8"))
+
+    def lineTooLong(self):
+        self.refuse(
+            errors.MailsvcError("line too long: at most %d bytes" % (self.MAX_LENGTH,))
+        )
+
+    def reply(self, lines):
+        if lines:
+            self.sendText(*lines)
+
+    def refuse(self, failure):
+        error = getattr(failure, "value", failure)
+        if not isinstance(error, errors.MailsvcError):
+            self.log.failure("chat request failed", failure)
+            error = errors.MailsvcError("internal error")
+        if self.ready:
+            self.sendText("* error: " + error.reason)
+        else:
+            self.sendText("RETRY " + error.reason)
+
+    def _nick(self, text):
+        match = NICK_REQUEST.match(text.strip())
+        if match is None:
+            raise errors.MailsvcError("send NICK <name> first")
+        nick, password = match.groups()
+
+        def joined(history):
+            self.ready = True
+            self.sendText("READY")
+            if history:
+                self.send(history)
+
+        return self.service.join_chat(self, nick, password).addCallback(joined)
+
+    # Commands
+
+    def _command(self, text):
+        name, _, rest = text.partition(" ")
+        command = getattr(self, "command_" + name[1:].lower(), None)
+        if command is None:
+            raise errors.MailsvcError("unknown command %s, try /help" % (name,))
+        return command(rest.strip())
+
+    def command_who(self, rest):
+        return ["* here: " + ", ".join(self.service.room.who())]
+
+    def command_help(self, rest):
+        return HELP
+
+    def command_msg(self, rest):
+        nick, _, text = rest.partition(" ")
+        if not nick or not text.strip():
+            raise errors.MailsvcError("usage: /msg <nick> <text>")
+
+        def sent(message_id):
+            if message_id is not None:
+                return ["* %s is not here: your message is in their mailbox" % (nick,)]
+
+        return self.service.chat_private(self, nick, text.strip()).addCallback(sent)
+
+
+class ChatFactory(TextLineFactory):
+    protocol = ChatProtocol
+
+    def __init__(self, service, max_sendq=1024 * 1024):
+        super().__init__()
+        self.service = service
+        self.max_sendq = max_sendq
+
+    def announce_shutdown(self, seconds):
+        """Tell every chat connection, ready or not, that the server is stopping."""
+        for connection in list(self.connections):
+            connection.sendText("Server will shut down in %d seconds" % (seconds,))
