@@ -155,7 +155,13 @@ class TextLineFactory(protocol.Factory):
         for connection in connections:
             connection.shutdown()
         abort = clock.callLater(patience, self._abort, connections)
-        return closed.addBoth(lambda result: abort.active() and abort.cancel())
+
+        def allClosed(result):
+            if abort.active():
+                abort.cancel()
+            return result
+
+        return closed.addBoth(allClosed)
 
     @staticmethod
     def _abort(connections):
