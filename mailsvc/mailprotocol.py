@@ -18,6 +18,7 @@ from mailsvc.service import COOKIE
 
 CHECKSUM = re.compile(r"#([0-9A-Fa-f]{40})\Z")
 LOGIN_FIRST = "You should log in first."
+MAX_MESSAGE_ID = 2**63 - 1  # SQLite's largest integer
 
 HELP = [
     "REGISTER <user> <password>       create an account and log in",
@@ -64,7 +65,10 @@ def message_lines(message):
 def _message_id(word, syntax):
     if not word.isdigit() or not word.isascii():
         raise Usage(syntax)
-    return int(word)
+    message_id = int(word)
+    if message_id > MAX_MESSAGE_ID:
+        raise errors.NoSuchMessage("no such message: %s" % (word,))
+    return message_id
 
 
 class _Body:

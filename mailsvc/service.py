@@ -198,8 +198,8 @@ class SharedService(service.Service):
             self.log.info(
                 "DUMP: {accounts} accounts, {sessions} sessions,"
                 " {staged} staged messages ({staged_chars} characters),"
-                " {messages} messages in mailboxes ({message_chars} characters);"
-                " largest mailboxes (name, messages, characters): {largest_mailboxes}",
+                " {messages} messages ({message_chars} characters) in {mailboxes}"
+                " mailboxes, the largest holding {largest_mailbox}",
                 **summary,
             )
             return summary

@@ -95,39 +95,48 @@ class IMailStorage(Interface):
 def _run_batch(connection, batch):
     """
     Run C{[(work, args), ...]} in one transaction, each in a savepoint; return
-    C{[(succeeded, result or Failure), ...]} in the same order.
+    C{[(succeeded, result or Failure), ...]} in the same order. Raise
+    L{sqlite3.Error} if the transaction itself failed: then nothing of it is
+    durable, and nothing of it may be acknowledged.
     """
     outcomes = []
+    connection.execute("BEGIN IMMEDIATE")
     try:
-        connection.execute("BEGIN IMMEDIATE")
         for work, args in batch:
             connection.execute("SAVEPOINT request")
             try:
                 result = work(connection, *args)
+            except sqlite3.IntegrityError:
+                # A request that contradicts what is stored (its session was
+                # removed meanwhile, say): refuse it alone.
+                connection.execute("ROLLBACK TO request")
+                connection.execute("RELEASE request")
+                outcomes.append(
+                    (False, Failure(errors.MailsvcError("conflicting request, try again")))
+                )
+            except sqlite3.Error:
+                raise
             except Exception as e:
                 connection.execute("ROLLBACK TO request")
                 connection.execute("RELEASE request")
-                outcomes.append((False, _storageFailure(e)))
+                outcomes.append((False, Failure(e)))
             else:
                 connection.execute("RELEASE request")
                 outcomes.append((True, result))
         connection.execute("COMMIT")
-    except sqlite3.Error as e:
-        # Nothing of this batch is durable, so nothing may be acknowledged.
-        try:
-            connection.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
-        failure = _storageFailure(e)
-        return [(False, failure)] * len(batch)
+    except BaseException:
+        if connection.in_transaction:
+            try:
+                connection.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        raise
     return outcomes
 
 
 def _storageFailure(exception):
-    if isinstance(exception, (sqlite3.Error, OSError)):
-        log.warn("storage error: {error}", error=exception)
-        return Failure(errors.StorageUnavailable())
-    return Failure(exception)
+    log.warn("storage error: {error}", error=exception)
+    return Failure(errors.StorageUnavailable())
 
 
 class InlineExecutor:
@@ -140,7 +149,10 @@ class InlineExecutor:
         pass
 
     def submit(self, work, *args):
-        [(succeeded, result)] = _run_batch(self._connection, [(work, args)])
+        try:
+            [(succeeded, result)] = _run_batch(self._connection, [(work, args)])
+        except sqlite3.Error as e:
+            return defer.fail(_storageFailure(e))
         return defer.succeed(result) if succeeded else defer.fail(result)
 
     def stop(self):
@@ -207,14 +219,17 @@ class GroupCommitExecutor:
         self._reactor.callFromThread(self._stopped.callback, None)
 
     def _run(self, batch):
-        if self._connection is None:
-            # Opened here, on the thread that uses it, and again after a failure,
-            # so the server recovers when the disk does.
-            try:
+        # The connection is opened here, on the thread that uses it, and opened
+        # afresh after any storage error, so the server recovers when the disk does.
+        try:
+            if self._connection is None:
                 self._connection = self._connect()
-            except (sqlite3.Error, OSError) as e:
-                return [(False, _storageFailure(e))] * len(batch)
-        return _run_batch(self._connection, batch)
+            return _run_batch(self._connection, batch)
+        except Exception as e:  # sqlite3.Error, OSError, SchemaTooNew
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+            return [(False, _storageFailure(e))] * len(batch)
 
 
 def _fire(deferreds, outcomes):
@@ -454,10 +469,10 @@ def _summary(db):
     messages, message_bytes = one(
         "SELECT count(*), coalesce(sum(length(subject) + length(body)), 0) FROM messages"
     )
-    largest = db.execute(
-        "SELECT recipient, count(*), sum(length(subject) + length(body)) AS size"
-        " FROM messages GROUP BY recipient ORDER BY size DESC LIMIT 10"
-    ).fetchall()
+    mailboxes, largest = one(
+        "SELECT count(*), coalesce(max(n), 0) FROM"
+        " (SELECT count(*) AS n FROM messages GROUP BY recipient)"
+    )
     return {
         "accounts": accounts,
         "sessions": sessions,
@@ -465,5 +480,6 @@ def _summary(db):
         "staged_chars": staged_bytes,
         "messages": messages,
         "message_chars": message_bytes,
-        "largest_mailboxes": [tuple(row) for row in largest],
+        "mailboxes": mailboxes,
+        "largest_mailbox": largest,
     }

@@ -7,6 +7,8 @@ their shutdown notice and grace period, then the shared service drains its
 storage, and the chat log is closed last.
 """
 
+import os
+
 from twisted.application import service, strports
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -31,7 +33,7 @@ class Options(usage.Options):
         [
             "port",
             "p",
-            "8025",
+            "tcp:8025",
             "Mail command port: a port number or an endpoint description"
             " (tcp:8025:interface=127.0.0.1, ssl:..., unix:...).",
             endpoint,
@@ -39,7 +41,7 @@ class Options(usage.Options):
         [
             "chat-port",
             "c",
-            "8026",
+            "tcp:8026",
             "Group chat port: a port number or an endpoint description.",
             endpoint,
         ],
@@ -70,6 +72,9 @@ class Options(usage.Options):
     )
 
     def postOptions(self):
+        # Absolute now: twistd may change directory (--rundir) before starting.
+        self["db"] = os.path.abspath(self["db"])
+        self["chat-log"] = os.path.abspath(self["chat-log"])
         for name in ("history", "shutdown-grace", "max-sendq", "max-body"):
             if self[name] < 0:
                 raise usage.UsageError("--%s must not be negative" % (name,))

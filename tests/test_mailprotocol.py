@@ -212,6 +212,9 @@ def test_unknown_and_empty_requests(wire):
     assert wire("READ") == ["KO usage: READ <id>"]
     assert wire("READ x") == ["KO usage: READ <id>"]
     assert wire("READ ١") == ["KO usage: READ <id>"]
+    assert wire("READ 99999999999999999999") == [
+        "KO no such message: 99999999999999999999"
+    ]
     assert wire("COUNT extra") == ["KO usage: COUNT [<cookie>]"]
     assert wire("LIST BY bob") == ["KO usage: LIST [FROM <sender>]"]
     assert wire("STORE a b") == ["KO usage: STORE <user> [<cookie>]"]

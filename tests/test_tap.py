@@ -1,5 +1,7 @@
 """twistd options and the shutdown sequence."""
 
+import os
+
 import pytest
 from twisted.application import service
 from twisted.internet import defer
@@ -16,7 +18,8 @@ def test_a_port_number_means_tcp_and_descriptions_pass_through():
     options.parseOptions(["--port", "9000", "--chat-port", "unix:/tmp/chat.sock"])
     assert options["port"] == "tcp:9000"
     assert options["chat-port"] == "unix:/tmp/chat.sock"
-    assert options["db"] == "mailsvc.sqlite" and options["chat-log"] == "chat.log"
+    assert options["db"] == os.path.abspath("mailsvc.sqlite")
+    assert options["chat-log"] == os.path.abspath("chat.log")
     assert options["shutdown-grace"] == 5 and options["history"] == 20
 
 

@@ -1,0 +1,254 @@
+"""
+The Twisted client library for both ports.
+
+L{MailClient} has one method per mail command, each returning a Deferred that
+fires with the parsed reply or fails with L{RequestFailed} carrying the server's
+reason. Calls may be made back to back without waiting: the requests are sent
+at once (pipelined) and the Deferreds fire in order.
+
+L{ChatClient} joins the chat and hands what arrives to a callback, or to an
+async iterator (L{ChatClient.events}).
+"""
+
+import collections
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+
+from twisted.internet import defer, endpoints, protocol
+from twisted.protocols.basic import LineReceiver
+
+
+class RequestFailed(Exception):
+    """The server refused a request; C{reason} is what it said after C{KO}."""
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NotLoggedIn(RequestFailed):
+    pass
+
+
+class ChecksumMismatch(RequestFailed):
+    """Every send of a request was answered C{KO checksum mismatch}."""
+
+
+class NickRefused(RequestFailed):
+    """The chat answered RETRY to every nickname offered."""
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    sender: str
+    date: str
+    subject: str
+    body: str = ""
+
+
+def _parse_message(lines):
+    headers, _, body = lines.partition("")
+    fields = {}
+    for line in lines[: len(lines) if "" not in lines else lines.index("")]:
+        name, _, value = line.partition(": ")
+        fields[name] = value
+    body_start = lines.index("") + 1 if "" in lines else len(lines)
+    return Message(
+        id=int(fields["Id"]),
+        sender=fields["From"],
+        date=fields["Date"],
+        subject=fields.get("Subject", ""),
+        body="\n".join(lines[body_start:]),
+    )
+
+
+def _parse_list(lines):
+    messages = []
+    for row in lines:
+        message_id, sender, date, subject = (row.split(" ", 3) + [""])[:4]
+        messages.append(Message(int(message_id), sender, date, subject))
+    return messages
+
+
+class _Request:
+    def __init__(self, data, parse, multiline):
+        self.data = data
+        self.parse = parse
+        self.multiline = multiline
+        self.deferred = defer.Deferred()
+        self.sends = 0
+        self.status = None
+        self.lines = None
+
+
+class _LineClient(LineReceiver):
+    # LF ends a line; a CR before it is removed, as the server does.
+    delimiter = b"\n"
+    MAX_LENGTH = 1 << 20
+
+    def lineReceived(self, line):
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        self.textReceived(line.decode("utf-8", "replace"))
+
+    def sendText(self, *lines):
+        self.transport.write(b"".join(l.encode("utf-8") + b"\r\n" for l in lines))
+
+
+class MailClient(_LineClient):
+    """
+    A client of the mail port.
+
+    @param checksums: end every request with C{#<sha1>}, and send a request
+        again (up to 3 sends in all) while the server answers C{KO checksum
+        mismatch}.
+    """
+
+    MAX_SENDS = 3
+
+    def __init__(self, checksums=False):
+        self.checksums = checksums
+        self.cookie = None
+        self._pending = collections.deque()
+        self.closed = defer.Deferred()
+
+    def connectionLost(self, reason):
+        pending, self._pending = self._pending, collections.deque()
+        for request in pending:
+            request.deferred.errback(reason)
+        self.closed.callback(None)
+
+    # Sending
+
+    def _line(self, line):
+        if self.checksums:
+            line = "%s#%s" % (line, hashlib.sha1(line.encode("utf-8")).hexdigest())
+        return line
+
+    def _request(self, line, parse=None, multiline=False, body=None):
+        data = [self._line(line)]
+        if body is not None:
+            data += ["." + l if l.startswith(".") else l for l in body.split("\n")]
+            data.append(".")
+        request = _Request(data, parse, multiline)
+        self._send(request)
+        return request.deferred
+
+    def _send(self, request):
+        request.sends += 1
+        self._pending.append(request)
+        self.sendText(*request.data)
+
+    # Receiving
+
+    def textReceived(self, line):
+        if not self._pending:
+            return
+        request = self._pending[0]
+        if request.lines is not None:
+            if line == ".":
+                self._pending.popleft()
+                self._done(request, request.status, request.lines)
+            else:
+                request.lines.append(line[1:] if line.startswith(".") else line)
+            return
+        if request.multiline and line.startswith("OK"):
+            request.status, request.lines = line, []
+            return
+        self._pending.popleft()
+        if line == "KO checksum mismatch" and self.checksums:
+            if request.sends < self.MAX_SENDS:
+                self._send(request)
+            else:
+                request.deferred.errback(
+                    ChecksumMismatch("checksum mismatch, %d sends" % request.sends)
+                )
+            return
+        self._done(request, line, None)
+
+    def _done(self, request, status, lines):
+        if status.startswith("KO"):
+            request.deferred.errback(RequestFailed(status[3:]))
+        elif status == "You should log in first.":
+            request.deferred.errback(NotLoggedIn(status))
+        else:
+            try:
+                result = request.parse(status, lines) if request.parse else None
+            except Exception as e:
+                request.deferred.errback(RequestFailed("unexpected reply: %r" % status))
+            else:
+                request.deferred.callback(result)
+
+    # Commands
+
+    def _session(self, line):
+        self.cookie = line.split()[1]
+        return self.cookie
+
+    def register(self, user, password):
+        return self._request("REGISTER %s %s" % (user, password), self._parse_cookie)
+
+    def login(self, user, password):
+        return self._request("LOGIN %s %s" % (user, password), self._parse_cookie)
+
+    def _parse_cookie(self, status, _):
+        return self._session(status)
+
+    def logout(self):
+        return self._request("LOGOUT")
+
+    def message(self, text):
+        return self._request("MESSAGE " + text)
+
+    def store(self, user):
+        return self._request("STORE " + user)
+
+    def count(self):
+        return self._request("COUNT", lambda status, _: int(status.split()[1]))
+
+    def getmsg(self):
+        return self._request("GETMSG", lambda _, lines: _parse_message(lines), True)
+
+    def delmsg(self):
+        return self._request("DELMSG")
+
+    def dump(self):
+        return self._request("DUMP")
+
+    def send(self, user, subject, body):
+        """Send mail; fire with its message id."""
+        return self._request(
+            "SEND %s %s" % (user, subject),
+            lambda status, _: int(status.split()[1]),
+            body=body,
+        )
+
+    def list(self, sender=None):
+        line = "LIST" if sender is None else "LIST FROM " + sender
+        return self._request(line, lambda _, lines: _parse_list(lines), True)
+
+    def read(self, message_id):
+        return self._request(
+            "READ %d" % (message_id,), lambda _, lines: _parse_message(lines), True
+        )
+
+    def delete(self, message_id):
+        return self._request("DELETE %d" % (message_id,), _deleted)
+
+    def delete_subject(self, subject):
+        return self._request("DELETE SUBJECT " + subject, _deleted)
+
+    def help(self):
+        return self._request("HELP", lambda _, lines: lines, True)
+
+    def quit(self):
+        """Say QUIT; fire once the server has closed the connection."""
+        d = self._request("QUIT")
+        return d.addCallback(lambda _: self.closed)
+
+
+def _deleted(status, _):
+    return int(status.split()[-1])
