@@ -117,7 +117,7 @@ class ChatProtocol(TextLineProtocol):
 
     def lineTooLong(self):
         self.refuse(
-            errors.MailsvcError("line too long: at most %d bytes" % (self.MAX_LENGTH,))
+            errors.MailsvcError("line too long: at most %d bytes" % (self.LINE_LIMIT,))
         )
 
     def reply(self, lines):

@@ -34,7 +34,10 @@ class TextLineProtocol(LineReceiver):
     # LF, so that both netcat's LF and telnet's CRLF end a line; a CR before it
     # is removed in lineReceived.
     delimiter = b"\n"
-    MAX_LENGTH = 8192
+    # The longest line, not counting its LF or CRLF ending.
+    LINE_LIMIT = 8192
+    # LineReceiver counts a CR as part of the line: leave room for one.
+    MAX_LENGTH = LINE_LIMIT + 1
 
     _discarding = False
     _overflow = None
@@ -69,6 +72,9 @@ class TextLineProtocol(LineReceiver):
     def lineReceived(self, line):
         if line.endswith(b"\r"):
             line = line[:-1]
+        if len(line) > self.LINE_LIMIT:
+            self.lineTooLong()
+            return
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:

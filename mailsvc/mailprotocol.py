@@ -120,7 +120,7 @@ class MailProtocol(TextLineProtocol):
             self.sendText("KO request is not valid UTF-8")
 
     def lineTooLong(self):
-        reason = "line too long: at most %d bytes" % (self.MAX_LENGTH,)
+        reason = "line too long: at most %d bytes" % (self.LINE_LIMIT,)
         if self._body is not None:
             self._body.fail(errors.MailsvcError(reason))
         else:

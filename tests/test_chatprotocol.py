@@ -128,7 +128,7 @@ def test_offline_msg_goes_to_the_mailbox_of_a_registered_user(chat, service, joi
 def test_overlong_and_undecodable_lines(join):
     alice = join("alice")
     assert alice.feed(b"\xff\n") == ["* error: line is not valid UTF-8"]
-    limit = alice.protocol.MAX_LENGTH
+    limit = alice.protocol.LINE_LIMIT
     assert alice.feed("x" * (limit + 1) + "\n/who\n") == [
         "* error: line too long: at most %d bytes" % limit,
         "* here: alice",

@@ -229,7 +229,7 @@ def test_invalid_utf8_and_binary_garbage(wire):
 
 
 def test_overlong_line_is_answered_and_skipped(wire):
-    limit = wire.protocol.MAX_LENGTH
+    limit = wire.protocol.LINE_LIMIT
     assert wire.feed("X" * (limit + 10) + "\nHELP\n")[0] == (
         "KO line too long: at most %d bytes" % limit
     )
@@ -356,3 +356,12 @@ def test_half_close_waits_for_every_reply(held):
 def test_half_close_when_idle_closes_at_once(wire):
     wire.protocol.readConnectionLost()
     assert wire.transport.disconnecting
+
+
+def test_the_line_limit_does_not_count_the_line_ending(wire):
+    limit = wire.protocol.LINE_LIMIT
+    longest = "MESSAGE " + "x" * (limit - len("MESSAGE "))
+    too_long = "KO line too long: at most %d bytes" % limit
+    for ending in ("\n", "\r\n"):
+        assert wire.feed(longest + ending) == ["You should log in first."]
+        assert wire.feed(longest + "x" + ending) == [too_long]
