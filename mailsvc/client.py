@@ -13,7 +13,6 @@ async iterator (L{ChatClient.events}).
 import collections
 import hashlib
 import re
-import time
 from dataclasses import dataclass
 
 from twisted.internet import defer, endpoints, protocol
@@ -50,18 +49,16 @@ class Message:
 
 
 def _parse_message(lines):
-    headers, _, body = lines.partition("")
-    fields = {}
-    for line in lines[: len(lines) if "" not in lines else lines.index("")]:
-        name, _, value = line.partition(": ")
-        fields[name] = value
-    body_start = lines.index("") + 1 if "" in lines else len(lines)
+    """Headers, a blank line, the body: as GETMSG and READ send them."""
+    blank = lines.index("")
+    fields = dict(line.split(": ", 1) if ": " in line else (line.rstrip(":"), "")
+                  for line in lines[:blank])
     return Message(
         id=int(fields["Id"]),
         sender=fields["From"],
         date=fields["Date"],
         subject=fields.get("Subject", ""),
-        body="\n".join(lines[body_start:]),
+        body="\n".join(lines[blank + 1 :]),
     )
 
 
@@ -177,16 +174,12 @@ class MailClient(_LineClient):
         else:
             try:
                 result = request.parse(status, lines) if request.parse else None
-            except Exception as e:
+            except Exception:
                 request.deferred.errback(RequestFailed("unexpected reply: %r" % status))
             else:
                 request.deferred.callback(result)
 
     # Commands
-
-    def _session(self, line):
-        self.cookie = line.split()[1]
-        return self.cookie
 
     def register(self, user, password):
         return self._request("REGISTER %s %s" % (user, password), self._parse_cookie)
@@ -195,7 +188,8 @@ class MailClient(_LineClient):
         return self._request("LOGIN %s %s" % (user, password), self._parse_cookie)
 
     def _parse_cookie(self, status, _):
-        return self._session(status)
+        self.cookie = status.split()[1]
+        return self.cookie
 
     def logout(self):
         return self._request("LOGOUT")
@@ -252,3 +246,168 @@ class MailClient(_LineClient):
 
 def _deleted(status, _):
     return int(status.split()[-1])
+
+
+@dataclass(frozen=True)
+class ChatEvent:
+    """
+    One line from the chat. C{kind} is one of: C{message} (C{nick} said
+    C{text}), C{private}, C{history}, C{notice} (C{text} without its C{* }),
+    C{error}, C{shutdown} (C{seconds} until the server stops).
+    """
+
+    kind: str
+    text: str
+    nick: str = None
+    seconds: int = None
+
+
+_SHUTDOWN = re.compile(r"Server will shut down in (\d+) seconds\Z")
+_PRIVATE = re.compile(r"\*([A-Za-z0-9_-]+)\* (.*)\Z", re.DOTALL)
+_MESSAGE = re.compile(r"([A-Za-z0-9_-]+): (.*)\Z", re.DOTALL)
+
+
+def parse_chat_line(line):
+    """The L{ChatEvent} that a line from the chat port stands for."""
+    match = _SHUTDOWN.match(line)
+    if match:
+        return ChatEvent("shutdown", line, seconds=int(match.group(1)))
+    if line.startswith("* error: "):
+        return ChatEvent("error", line[len("* error: ") :])
+    if line.startswith("* "):
+        return ChatEvent("notice", line[2:])
+    if line.startswith("[history] "):
+        match = _MESSAGE.match(line[len("[history] ") :])
+        if match:
+            return ChatEvent("history", match.group(2), match.group(1))
+    match = _PRIVATE.match(line)
+    if match:
+        return ChatEvent("private", match.group(2), match.group(1))
+    match = _MESSAGE.match(line)
+    if match:
+        return ChatEvent("message", match.group(2), match.group(1))
+    return ChatEvent("notice", line)
+
+
+class ChatClient(_LineClient):
+    """
+    A chat participant.
+
+    @param nick: the nickname to ask for; C{password} too for a reserved one.
+    @param on_retry: called with the server's reason when it answers RETRY;
+        returns the next nickname to try (or a Deferred of it), or None to
+        give up (L{ready} then fails with L{NickRefused}). By default, give up.
+    @param on_event: called with each L{ChatEvent} after READY. Without it,
+        events wait in L{events}.
+    """
+
+    def __init__(self, nick, password=None, on_retry=None, on_event=None):
+        self.nick = nick
+        self.password = password
+        self.on_retry = on_retry or (lambda reason: None)
+        self.on_event = on_event
+        self.ready = defer.Deferred()
+        self.closed = defer.Deferred()
+        self._greeted = False
+        self._is_ready = False
+        self._queue = defer.DeferredQueue()
+        self._who = collections.deque()
+
+    def textReceived(self, line):
+        if not self._greeted:
+            if line == "HELLO":
+                self._greeted = True
+                self._offer(self.nick)
+        elif not self._is_ready:
+            if line == "READY":
+                self._is_ready = True
+                self.ready.callback(self)
+            elif line.startswith("RETRY"):
+                d = defer.maybeDeferred(self.on_retry, line[len("RETRY ") :])
+                d.addCallback(self._retry, line[len("RETRY ") :])
+            elif _SHUTDOWN.match(line):
+                self._event(parse_chat_line(line))
+        else:
+            event = parse_chat_line(line)
+            if event.kind == "notice" and event.text.startswith("here: ") and self._who:
+                self._who.popleft().callback(event.text[len("here: ") :].split(", "))
+            else:
+                self._event(event)
+
+    def _offer(self, nick):
+        self.nick = nick
+        self.sendText("NICK %s %s" % (nick, self.password) if self.password else "NICK " + nick)
+
+    def _retry(self, nick, reason):
+        if nick is None:
+            self.ready.errback(NickRefused(reason))
+            self.transport.loseConnection()
+        else:
+            self._offer(nick)
+
+    def _event(self, event):
+        if self.on_event is not None:
+            self.on_event(event)
+        else:
+            self._queue.put(event)
+
+    def connectionLost(self, reason):
+        if not self.ready.called:
+            self.ready.errback(reason)
+        self._queue.put(None)
+        self.closed.callback(None)
+
+    # Speaking
+
+    def say(self, text):
+        """Send C{text} to the room, even if it begins with C{/}."""
+        self.sendText("/" + text if text.startswith("/") else text)
+
+    def msg(self, nick, text):
+        """A private message (or, for a registered user who is not here, mail)."""
+        self.sendText("/msg %s %s" % (nick, text))
+
+    def who(self):
+        """Fire with the nicknames in the room."""
+        d = defer.Deferred()
+        self._who.append(d)
+        self.sendText("/who")
+        return d
+
+    def bye(self):
+        """Leave; fire when the server has closed the connection."""
+        self.sendText("BYE")
+        return self.closed
+
+    def events(self):
+        """An async iterator of L{ChatEvent}s, ending when the connection does."""
+        return _Events(self._queue)
+
+
+class _Events:
+    def __init__(self, queue):
+        self._queue = queue
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        event = await self._queue.get()
+        if event is None:
+            self._queue.put(None)
+            raise StopAsyncIteration
+        return event
+
+
+def connect_mail(reactor, description, checksums=False):
+    """Connect to a mail port (C{tcp:host:port}, C{ssl:...}, C{unix:...});
+    fire with a L{MailClient}."""
+    endpoint = endpoints.clientFromString(reactor, description)
+    return endpoint.connect(protocol.Factory.forProtocol(lambda: MailClient(checksums)))
+
+
+def connect_chat(reactor, description, nick, **options):
+    """Connect to a chat port and join; fire with the L{ChatClient} once READY."""
+    endpoint = endpoints.clientFromString(reactor, description)
+    factory = protocol.Factory.forProtocol(lambda: ChatClient(nick, **options))
+    return endpoint.connect(factory).addCallback(lambda client: client.ready)

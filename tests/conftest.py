@@ -37,10 +37,13 @@ def logged_errors():
 
 
 def within(d, seconds=10):
-    """C{d}, failing with TimeoutError if it has not fired after C{seconds}."""
-    from twisted.internet import reactor
+    """
+    C{d} (a Deferred or a coroutine), failing with TimeoutError if it has not
+    fired after C{seconds}: pytest-twisted would wait for ever.
+    """
+    from twisted.internet import defer, reactor
 
-    return d.addTimeout(seconds, reactor)
+    return defer.ensureDeferred(d).addTimeout(seconds, reactor)
 
 
 def inline_service(clock, path=":memory:"):
@@ -69,3 +72,48 @@ def service(clock):
 @pytest.fixture
 def mail_factory(service):
     return MailFactory(service)
+
+
+class Running:
+    """A shared service with both ports listening on 127.0.0.1, port 0."""
+
+    def __init__(self, service, mail_port, chat_port):
+        self.service = service
+        self.mail_port = mail_port
+        self.chat_port = chat_port
+
+    @property
+    def mail(self):
+        return "tcp:127.0.0.1:%d" % (self.mail_port.getHost().port,)
+
+    @property
+    def chat(self):
+        return "tcp:127.0.0.1:%d" % (self.chat_port.getHost().port,)
+
+
+@pytest.fixture
+def running(tmp_path):
+    import pytest_twisted
+    from twisted.internet import defer, reactor
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    from mailsvc.chatprotocol import ChatFactory
+    from mailsvc.passwords import cheap_hasher
+
+    service = SharedService(
+        SQLiteStorage.open(str(tmp_path / "mail.sqlite"), reactor),
+        Passwords.threaded(reactor, hasher=cheap_hasher()),
+        reactor,
+    )
+    service.startService()
+    mail, chat = MailFactory(service), ChatFactory(service)
+    endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    mail_port = pytest_twisted.blockon(within(endpoint.listen(mail)))
+    chat_port = pytest_twisted.blockon(within(endpoint.listen(chat)))
+    yield Running(service, mail_port, chat_port)
+    for port in (mail_port, chat_port):
+        pytest_twisted.blockon(within(defer.maybeDeferred(port.stopListening)))
+    pytest_twisted.blockon(
+        within(defer.gatherResults([mail.closeAll(reactor), chat.closeAll(reactor)]))
+    )
+    pytest_twisted.blockon(within(service.stopService()))

@@ -1,0 +1,188 @@
+"""The client library against the real server on 127.0.0.1, port 0."""
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from conftest import within
+from mailsvc import client as mc
+from mailsvc.mailprotocol import MailFactory, MailProtocol
+
+
+async def mail_client(running, **options):
+    from twisted.internet import reactor
+
+    return await within(mc.connect_mail(reactor, running.mail, **options))
+
+
+async def chat_client(running, nick, **options):
+    from twisted.internet import reactor
+
+    return await within(mc.connect_chat(reactor, running.chat, nick, **options))
+
+
+async def closed(*clients):
+    for c in clients:
+        c.transport.loseConnection()
+        await within(c.closed)
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_mail_command(running):
+    alice = await mail_client(running)
+    bob = await mail_client(running)
+    cookie = await within(alice.register("alice", "pw"))
+    assert alice.cookie == cookie and len(cookie) == 43
+    await within(bob.register("bob", "pw"))
+    assert await within(alice.message("staged text")) is None
+    await within(alice.store("bob"))
+    first = await within(alice.send("bob", "Lunch", "Noon?\n.hidden dot\n\nbye"))
+    assert isinstance(first, int)
+    assert await within(bob.count()) == 2
+    oldest = await within(bob.getmsg())
+    assert (oldest.sender, oldest.subject, oldest.body) == ("alice", "", "staged text")
+    listing = await within(bob.list())
+    assert [(m.sender, m.subject) for m in listing] == [("alice", ""), ("alice", "Lunch")]
+    assert await within(bob.list(sender="carol")) == []
+    message = await within(bob.read(first))
+    assert message.body == "Noon?\n.hidden dot\n\nbye" and message.id == first
+    assert message.date.endswith("Z")
+    await within(bob.delmsg())
+    assert await within(bob.delete_subject("Lunch")) == 1
+    assert await within(bob.count()) == 0
+    await within(alice.send("bob", "again", "x"))
+    [again] = await within(bob.list(sender="alice"))
+    assert await within(bob.delete(again.id)) == 1
+    assert "DUMP" in "\n".join(await within(bob.help()))
+    await within(bob.dump())
+    await within(bob.logout())
+    with pytest.raises(mc.RequestFailed) as refused:
+        await within(bob.count())
+    assert refused.value.reason == "you should log in first"
+    with pytest.raises(mc.NotLoggedIn):
+        await within(bob.message("nobody home"))
+    await within(bob.login("bob", "pw"))
+    with pytest.raises(mc.RequestFailed, match="no such user"):
+        await within(bob.send("nobody", "s", "b"))
+    await within(alice.quit())
+    await closed(bob)
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelined_calls_fire_in_order(running):
+    c = await mail_client(running)
+    order = []
+    calls = [c.register("pipe", "pw")]
+    calls += [c.send("pipe", "s%d" % i, "b%d" % i) for i in range(20)]
+    calls += [c.count(), c.list(), c.read(5)]
+    for i, d in enumerate(calls):
+        d.addCallback(lambda result, i=i: order.append(i) or result)
+    results = await within(defer.gatherResults(calls))
+    assert order == list(range(len(calls)))
+    assert results[1:21] == list(range(1, 21))
+    assert results[21] == 20 and len(results[22]) == 20 and results[23].body == "b4"
+    await closed(c)
+
+
+class Corrupting(MailProtocol):
+    """Damages the first few requests, as a bad line would."""
+
+    damaged = 0
+
+    def textReceived(self, text):
+        if self.factory.damage > self.damaged and self._body is None:
+            self.damaged += 1
+            text = "X" + text
+        super().textReceived(text)
+
+
+@pytest.fixture
+def corrupting(running):
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    factory = MailFactory(running.service)
+    factory.protocol = Corrupting
+    port = pytest_twisted.blockon(
+        TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    )
+    yield factory, "tcp:127.0.0.1:%d" % port.getHost().port
+    pytest_twisted.blockon(within(defer.maybeDeferred(port.stopListening)))
+
+
+@pytest_twisted.ensureDeferred
+async def test_checksum_retries_up_to_three_sends(corrupting):
+    from twisted.internet import reactor
+
+    factory, address = corrupting
+    factory.damage = 2
+    c = await within(mc.connect_mail(reactor, address, checksums=True))
+    # Two damaged sends, then the third gets through.
+    assert len(await within(c.register("sum", "pw"))) == 43
+    factory.damage = 5
+    d = await within(mc.connect_mail(reactor, address, checksums=True))
+    with pytest.raises(mc.ChecksumMismatch, match="3 sends"):
+        await within(d.count())
+    await closed(c, d)
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_features(running):
+    await within(running.service.register("alice", "pw"))
+    await within(running.service.register("bob", "pw"))
+    alice = await chat_client(running, "alice", password="pw")
+    alice.say("before carol came")
+    carol_events = []
+    carol = await chat_client(running, "carol", on_event=carol_events.append)
+    events = alice.events().__aiter__()
+    joined = await within(events.__anext__())
+    assert joined == mc.ChatEvent("notice", "carol joined")
+    assert await within(carol.who()) == ["alice", "carol"]
+    carol.say("/not a command")
+    said = await within(events.__anext__())
+    assert (said.kind, said.nick, said.text) == ("message", "carol", "/not a command")
+    carol.msg("alice", "psst")
+    private = await within(events.__anext__())
+    assert (private.kind, private.nick, private.text) == ("private", "carol", "psst")
+    alice.msg("bob", "offline note")
+    stored = await within(events.__anext__())
+    assert stored.kind == "notice" and "in their mailbox" in stored.text
+    bob_mail = await mail_client(running)
+    await within(bob_mail.login("bob", "pw"))
+    [note] = await within(bob_mail.list())
+    assert note.subject == "Chat message from alice"
+    await within(bob_mail.send("alice", "hello", "body"))
+    notice = await within(events.__anext__())
+    assert notice.text == "new mail from bob: hello"
+    await within(carol.bye())
+    left = await within(events.__anext__())
+    assert left.text == "carol left"
+    assert carol_events[0] == mc.ChatEvent("history", "before carol came", "alice")
+    await closed(alice, bob_mail)
+
+
+@pytest_twisted.ensureDeferred
+async def test_retry_callback_offers_another_nick(running):
+    first = await chat_client(running, "dave")
+    reasons = []
+
+    def another(reason):
+        reasons.append(reason)
+        return "dave2"
+
+    second = await chat_client(running, "dave", on_retry=another)
+    assert second.nick == "dave2" and reasons == ["nickname in use"]
+    with pytest.raises(mc.NickRefused):
+        await chat_client(running, "dave")
+    await closed(first, second)
+
+
+def test_parse_chat_lines():
+    p = mc.parse_chat_line
+    assert p("Server will shut down in 5 seconds") == mc.ChatEvent(
+        "shutdown", "Server will shut down in 5 seconds", seconds=5
+    )
+    assert p("* error: nope") == mc.ChatEvent("error", "nope")
+    assert p("[history] a: b: c") == mc.ChatEvent("history", "b: c", "a")
+    assert p("*a* hi") == mc.ChatEvent("private", "hi", "a")
+    assert p("a: hi") == mc.ChatEvent("message", "hi", "a")
