@@ -411,3 +411,9 @@ def connect_chat(reactor, description, nick, **options):
     endpoint = endpoints.clientFromString(reactor, description)
     factory = protocol.Factory.forProtocol(lambda: ChatClient(nick, **options))
     return endpoint.connect(factory).addCallback(lambda client: client.ready)
+
+
+if __name__ == "__main__":
+    from mailsvc.cli import main
+
+    main()

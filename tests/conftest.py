@@ -77,8 +77,10 @@ def mail_factory(service):
 class Running:
     """A shared service with both ports listening on 127.0.0.1, port 0."""
 
-    def __init__(self, service, mail_port, chat_port):
+    def __init__(self, service, mail_factory, chat_factory, mail_port, chat_port):
         self.service = service
+        self.mail_factory = mail_factory
+        self.chat_factory = chat_factory
         self.mail_port = mail_port
         self.chat_port = chat_port
 
@@ -110,7 +112,7 @@ def running(tmp_path):
     endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
     mail_port = pytest_twisted.blockon(within(endpoint.listen(mail)))
     chat_port = pytest_twisted.blockon(within(endpoint.listen(chat)))
-    yield Running(service, mail_port, chat_port)
+    yield Running(service, mail, chat, mail_port, chat_port)
     for port in (mail_port, chat_port):
         pytest_twisted.blockon(within(defer.maybeDeferred(port.stopListening)))
     pytest_twisted.blockon(

@@ -1,0 +1,445 @@
+"""
+mailsvc-client: the command-line client for both ports.
+
+  mailsvc-client mail                       an interactive mail shell
+  mailsvc-client chat --nick N              join the chat from the terminal
+  mailsvc-client send --user U TO SUBJECT   one-shot commands for scripts
+  mailsvc-client count|list|read|delete|register --user U ...
+
+Passwords come from MAILSVC_PASSWORD or a prompt, never from the command line.
+"""
+
+import getpass
+import os
+import sys
+
+from twisted.internet import defer, stdio, task
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.protocols.basic import LineReceiver
+from twisted.python import usage
+from zope.interface import implementer
+
+from mailsvc import client as mc
+
+SHELL_HELP = [
+    "commands:",
+    "  send                 write a message (asks for recipient, subject, body)",
+    "  list [from <user>]   your messages",
+    "  read <id>            show a message",
+    "  delete <id>          delete a message",
+    "  count                how many messages you have",
+    "  logout               log out and leave",
+    "  quit                 leave",
+]
+
+
+class Failed(Exception):
+    """Ends the command with a message on stderr and a non-zero status."""
+
+    def __init__(self, message, status=1):
+        super().__init__(message)
+        self.status = status
+
+
+@implementer(IHalfCloseableProtocol)
+class Console(LineReceiver):
+    """The terminal: C{ask} fires with the next line typed, None at end of input."""
+
+    delimiter = b"\n"
+
+    def __init__(self):
+        self._lines = defer.DeferredQueue()
+        self.closed = defer.Deferred()
+
+    def lineReceived(self, line):
+        self._lines.put(line.rstrip(b"\r").decode("utf-8", "replace"))
+
+    def readConnectionLost(self):
+        self._lines.put(None)
+
+    def writeConnectionLost(self):
+        pass
+
+    def connectionLost(self, reason):
+        self._lines.put(None)
+        self.closed.callback(None)
+
+    def close(self):
+        """Fire once everything written has reached the terminal."""
+        self.transport.loseConnection()
+        return self.closed
+
+    def ask(self, prompt=""):
+        if prompt:
+            self.transport.write(prompt.encode("utf-8"))
+        d = self._lines.get()
+
+        def ended(line):
+            if line is None:
+                self._lines.put(None)  # and for every later ask
+            return line
+
+        return d.addCallback(ended)
+
+    async def ask_secret(self, prompt):
+        with _no_echo():
+            line = await self.ask(prompt)
+        if sys.stdin.isatty():
+            self.say("")
+        return line
+
+    def say(self, *lines):
+        self.transport.write(b"".join(l.encode("utf-8") + b"\n" for l in lines))
+
+
+class _no_echo:
+    """Turn off the terminal's echo while a password is typed."""
+
+    def __enter__(self):
+        self.saved = None
+        if sys.stdin.isatty():
+            import termios
+
+            self.saved = termios.tcgetattr(0)
+            quiet = termios.tcgetattr(0)
+            quiet[3] &= ~termios.ECHO
+            termios.tcsetattr(0, termios.TCSANOW, quiet)
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            import termios
+
+            termios.tcsetattr(0, termios.TCSANOW, self.saved)
+
+
+def password():
+    """From MAILSVC_PASSWORD, or asked on the terminal."""
+    secret = os.environ.get("MAILSVC_PASSWORD")
+    if secret:
+        return secret
+    try:
+        open("/dev/tty").close()  # getpass would fall back to stdin, and echo
+        return getpass.getpass("password: ")
+    except (EOFError, OSError):
+        raise Failed("no password: set MAILSVC_PASSWORD or run on a terminal", 2)
+
+
+# Options
+
+
+class _Server(usage.Options):
+    default_port = 8025
+    optParameters = [
+        ["host", "H", "localhost", "Server host."],
+        ["port", "P", None, "Server port (mail 8025, chat 8026)."],
+        ["connect", None, None, "Endpoint description instead (tcp:host:port, ssl:...)."],
+    ]
+
+    def endpoint(self):
+        if self["connect"]:
+            return self["connect"]
+        return "tcp:%s:%s" % (self["host"], self["port"] or self.default_port)
+
+
+class _OneShot(_Server):
+    optParameters = [["user", "u", os.environ.get("USER"), "Your mail account."]]
+
+    def postOptions(self):
+        if not self["user"]:
+            raise usage.UsageError("--user is required")
+
+
+class _Send(_OneShot):
+    synopsis = "send --user U RECIPIENT SUBJECT < body"
+
+    def parseArgs(self, recipient, *subject):
+        self["recipient"] = recipient
+        self["subject"] = " ".join(subject)
+
+
+class _List(_OneShot):
+    optParameters = [["from", "f", None, "Only messages from this sender."]]
+
+
+class _ById(_OneShot):
+    def parseArgs(self, message_id):
+        try:
+            self["id"] = int(message_id)
+        except ValueError:
+            raise usage.UsageError("message id must be a number")
+
+
+class _Chat(_Server):
+    default_port = 8026
+    optParameters = [["nick", "n", os.environ.get("USER"), "Nickname."]]
+    optFlags = [
+        ["registered", "r", "Your nickname is your mail account: send its password."]
+    ]
+
+
+class Options(usage.Options):
+    synopsis = "mailsvc-client COMMAND [options]"
+    subCommands = [
+        ["mail", None, _Server, "Interactive mail shell."],
+        ["chat", None, _Chat, "Join the group chat."],
+        ["send", None, _Send, "Send the mail read from standard input."],
+        ["count", None, _OneShot, "Print how many messages you have."],
+        ["list", None, _List, "List your messages."],
+        ["read", None, _ById, "Print a message."],
+        ["delete", None, _ById, "Delete a message."],
+        ["register", None, _OneShot, "Create an account."],
+    ]
+
+    def postOptions(self):
+        if self.subCommand is None:
+            raise usage.UsageError("a command is required")
+
+
+# Commands
+
+
+async def _mail_client(reactor, options):
+    try:
+        return await mc.connect_mail(reactor, options.endpoint())
+    except ConnectError as e:
+        raise Failed("cannot connect to %s: %s" % (options.endpoint(), e), 3)
+
+
+def _print_message(write, message):
+    write(
+        "Id: %d" % message.id,
+        "From: " + message.sender,
+        "Date: " + message.date,
+        "Subject: " + message.subject,
+        "",
+        *message.body.split("\n"),
+    )
+
+
+def _print_list(write, messages):
+    for m in messages:
+        write("%5d  %-12s %s  %s" % (m.id, m.sender, m.date, m.subject))
+    write("%d message%s" % (len(messages), "" if len(messages) == 1 else "s"))
+
+
+def _stdout(*lines):
+    sys.stdout.write("".join(line + "\n" for line in lines))
+
+
+async def one_shot(reactor, options):
+    command, sub = options.subCommand, options.subOptions
+    secret = password()
+    body = sys.stdin.read() if command == "send" else None
+    client = await _mail_client(reactor, sub)
+    try:
+        if command == "register":
+            await client.register(sub["user"], secret)
+            _stdout("registered %s" % sub["user"])
+            return
+        await client.login(sub["user"], secret)
+        if command == "send":
+            message_id = await client.send(sub["recipient"], sub["subject"], body.rstrip("\n"))
+            _stdout("sent message %d to %s" % (message_id, sub["recipient"]))
+        elif command == "count":
+            _stdout(str(await client.count()))
+        elif command == "list":
+            _print_list(_stdout, await client.list(sub["from"]))
+        elif command == "read":
+            _print_message(_stdout, await client.read(sub["id"]))
+        elif command == "delete":
+            await client.delete(sub["id"])
+            _stdout("deleted message %d" % sub["id"])
+    except mc.RequestFailed as e:
+        raise Failed(e.reason)
+    finally:
+        client.transport.loseConnection()
+
+
+async def mail_shell(reactor, options, console):
+    client = await _mail_client(reactor, options)
+    console.say("Connected to %s. Type help for commands." % options.endpoint())
+    try:
+        if await _log_in(console, client):
+            await _shell(console, client)
+    finally:
+        client.transport.loseConnection()
+
+
+async def _log_in(console, client):
+    while True:
+        choice = await console.ask("login or register? [l/r] ")
+        if choice is None:
+            return False
+        choice = choice.strip().lower()
+        if choice not in ("l", "login", "r", "register"):
+            console.say("type l to log in or r to register")
+            continue
+        user = await console.ask("user: ")
+        secret = await console.ask_secret("password: ")
+        if user is None or secret is None:
+            return False
+        act = client.login if choice.startswith("l") else client.register
+        try:
+            await act(user.strip(), secret)
+        except mc.RequestFailed as e:
+            console.say("error: " + e.reason)
+        else:
+            console.say("Logged in as %s." % user.strip())
+            return True
+
+
+async def _shell(console, client):
+    while True:
+        line = await console.ask("mail> ")
+        if line is None:
+            return
+        words = line.split()
+        if not words:
+            continue
+        command, args = words[0].lower(), words[1:]
+        try:
+            if command in ("quit", "exit"):
+                return
+            elif command == "help":
+                console.say(*SHELL_HELP)
+            elif command == "logout":
+                await client.logout()
+                console.say("Logged out.")
+                return
+            elif command == "count":
+                console.say("%d messages" % await client.count())
+            elif command == "list":
+                sender = args[1] if len(args) == 2 and args[0].lower() == "from" else None
+                _print_list(console.say, await client.list(sender))
+            elif command in ("read", "delete"):
+                message_id = await _message_id(console, args)
+                if message_id is None:
+                    continue
+                if command == "read":
+                    _print_message(console.say, await client.read(message_id))
+                else:
+                    await client.delete(message_id)
+                    console.say("Deleted message %d." % message_id)
+            elif command == "send":
+                await _compose(console, client)
+            else:
+                console.say("unknown command %s; type help" % command)
+        except mc.RequestFailed as e:
+            console.say("error: " + e.reason)
+
+
+async def _message_id(console, args):
+    word = args[0] if args else await console.ask("message id: ")
+    if word is None or not word.strip().isdigit():
+        console.say("a message id is a number; see list")
+        return None
+    return int(word)
+
+
+async def _compose(console, client):
+    recipient = await console.ask("to: ")
+    subject = await console.ask("subject: ")
+    if recipient is None or subject is None:
+        return
+    console.say("Type the message; end it with a line holding only a dot.")
+    lines = []
+    while True:
+        line = await console.ask()
+        if line is None or line == ".":
+            break
+        lines.append(line)
+    message_id = await client.send(recipient.strip(), subject.strip(), "\n".join(lines))
+    console.say("Sent message %d to %s." % (message_id, recipient.strip()))
+
+
+async def chat(reactor, options, console):
+    secret = password() if options["registered"] else None
+
+    async def retry(reason):
+        console.say("nickname refused: " + reason)
+        return (await console.ask("nickname: ") or "").strip() or None
+
+    def show(event):
+        if event.kind == "shutdown":
+            console.say("*** the server is shutting down in %d seconds" % event.seconds)
+        elif event.kind == "message":
+            console.say("%s: %s" % (event.nick, event.text))
+        elif event.kind == "history":
+            console.say("[history] %s: %s" % (event.nick, event.text))
+        elif event.kind == "private":
+            console.say("*%s* %s" % (event.nick, event.text))
+        elif event.kind == "error":
+            console.say("* error: " + event.text)
+        else:
+            console.say("* " + event.text)
+
+    try:
+        client = await mc.connect_chat(
+            reactor,
+            options.endpoint(),
+            options["nick"],
+            password=secret,
+            on_retry=lambda reason: defer.ensureDeferred(retry(reason)),
+            on_event=show,
+        )
+    except mc.NickRefused:
+        raise Failed("no nickname accepted")
+    except ConnectError as e:
+        raise Failed("cannot connect to %s: %s" % (options.endpoint(), e), 3)
+    console.say("Joined as %s. /help for commands, end of input to leave." % client.nick)
+    # Ctrl-C stops the reactor: say BYE on the way out.
+    reactor.addSystemEventTrigger("before", "shutdown", client.bye)
+    input_ended = defer.ensureDeferred(_chat_input(console, client))
+    await defer.DeferredList([input_ended, client.closed], fireOnOneCallback=True)
+    if not client.closed.called:
+        await client.bye()
+    else:
+        console.say("* the server closed the connection")
+
+
+async def _chat_input(console, client):
+    while True:
+        line = await console.ask()
+        if line is None:
+            return
+        client.sendText(line)
+
+
+async def run(reactor, argv):
+    options = Options()
+    try:
+        options.parseOptions(argv)
+    except usage.UsageError as e:
+        raise Failed("%s\n%s" % (e, options), 2)
+    command = options.subCommand
+    if command in ("mail", "chat"):
+        console = Console()
+        stdio.StandardIO(console, reactor=reactor)
+        try:
+            if command == "mail":
+                await mail_shell(reactor, options.subOptions, console)
+            else:
+                await chat(reactor, options.subOptions, console)
+        finally:
+            # Output still waiting to be written would be lost when the reactor stops.
+            await console.close()
+    else:
+        await one_shot(reactor, options)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+
+    def failed(failure):
+        failure.trap(Failed)
+        sys.stderr.write("mailsvc-client: %s\n" % (failure.value,))
+        raise SystemExit(failure.value.status)
+
+    task.react(
+        lambda reactor: defer.ensureDeferred(run(reactor, argv)).addErrback(failed)
+    )
+
+
+if __name__ == "__main__":
+    main()
