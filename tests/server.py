@@ -162,11 +162,39 @@ class Server:
         return Client(self.port, timeout)
 
     @property
+    def chat_port(self):
+        """The chat port, waiting for its "starting on" (logged after the mail port's)."""
+        if "ChatFactory" not in self.ports:
+            started = self.log.wait_for(
+                r"\] (?:[\w.]+\.)?ChatFactory starting on (?P<port>\d+)\s*$", START_TIMEOUT
+            )
+            if started is None:
+                raise AssertionError(
+                    "%s did not log 'ChatFactory starting on <port>'" % (self.name,)
+                )
+            self.ports["ChatFactory"] = int(started.group("port"))
+        return self.ports["ChatFactory"]
+
+    def connect_chat(self, timeout=SOCKET_TIMEOUT, rcvbuf=None):
+        """A connection to the chat port (see L{Client} for C{rcvbuf})."""
+        return Client(self.chat_port, timeout, rcvbuf=rcvbuf)
+
+    @property
     def pid(self):
         return self.process.pid
 
     def running(self):
         return self.process is not None and self.process.poll() is None
+
+    def rss(self):
+        """The server process's resident set size in bytes (Linux's VmRSS)."""
+        with open("/proc/%d/status" % (self.pid,)) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    value, unit = line.split()[1:3]
+                    assert unit == "kB", line
+                    return int(value) * 1024
+        raise AssertionError("no VmRSS for pid %d" % (self.pid,))
 
     def signal(self, signum):
         if self.running():
@@ -223,10 +251,21 @@ class Server:
 
 
 class Client:
-    """A line-oriented TCP client that sends exactly the bytes it is given."""
+    """
+    A line-oriented TCP client that sends exactly the bytes it is given.
 
-    def __init__(self, port, timeout=SOCKET_TIMEOUT):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    C{rcvbuf}, if given, is the socket's SO_RCVBUF, set before connecting so
+    that it bounds the TCP window (for a client that stops reading).
+    """
+
+    def __init__(self, port, timeout=SOCKET_TIMEOUT, rcvbuf=None):
+        if rcvbuf is None:
+            self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            self.sock.connect(("127.0.0.1", port))
         self._buffer = b""
         self.eof = False
 
