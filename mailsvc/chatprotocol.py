@@ -5,12 +5,11 @@ room, and lines that begin with C{/} are commands answered to the sender alone.
 
 import re
 
-from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from mailsvc import errors
 from mailsvc.lines import TextLineFactory, TextLineProtocol
-from mailsvc.room import IChatParticipant
+from mailsvc.room import IChatParticipant, encode
 
 # "NICK alice", "NICK alice password", and "NICKalice" as the CSC 328 client sends.
 NICK_REQUEST = re.compile(r"NICK\s*(\S+)(?:\s+(.+))?\Z", re.IGNORECASE)
@@ -24,29 +23,6 @@ HELP = [
     "*   /quit or BYE         leave",
     "*   //text               send a message that begins with /",
 ]
-
-
-@implementer(IPushProducer)
-class _Backlog:
-    """
-    Told by the transport when its write buffer is over its high-water mark
-    (pauseProducing) and when it has drained (resumeProducing); counts what
-    was written meanwhile.
-    """
-
-    def __init__(self):
-        self.paused = False
-        self.size = 0
-
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
-        self.size = 0
-
-    def stopProducing(self):
-        pass
 
 
 @implementer(IChatParticipant)
@@ -66,8 +42,6 @@ class ChatProtocol(TextLineProtocol):
         address = self.transport.getPeer()
         host, port = getattr(address, "host", None), getattr(address, "port", None)
         self.peer = "%s:%s" % (host, port) if host is not None else str(address)
-        self._backlog = _Backlog()
-        self.transport.registerProducer(self._backlog, True)
         self.sendText("HELLO")
 
     def connectionLost(self, reason):
@@ -79,9 +53,9 @@ class ChatProtocol(TextLineProtocol):
         """L{IChatParticipant.send}: bounded by the factory's max_sendq."""
         if self._dropped:
             return
-        if self._backlog.paused:
-            self._backlog.size += len(data)
-            if self._backlog.size > self.factory.max_sendq:
+        if self.output.full:
+            self.output.backlog += len(data)
+            if self.output.backlog > self.factory.max_sendq:
                 self.log.warn(
                     "SendQ exceeded: disconnecting {nick} ({peer}), over {limit} bytes"
                     " waiting",
@@ -95,8 +69,8 @@ class ChatProtocol(TextLineProtocol):
         self.transport.write(data)
 
     def sendText(self, *lines):
-        if not self._dropped:
-            super().sendText(*lines)
+        # Replies count against the send queue like everything else.
+        self.send(b"".join(encode(line) for line in lines))
 
     # Line handling
 
@@ -182,6 +156,10 @@ class ChatFactory(TextLineFactory):
         super().__init__()
         self.service = service
         self.max_sendq = max_sendq
+
+    def closeAll(self, clock, patience=5.0):
+        self.service.room.closing = True
+        return super().closeAll(clock, patience)
 
     def announce_shutdown(self, seconds):
         """Tell every chat connection, ready or not, that the server is stopping."""

@@ -5,9 +5,10 @@ Twisted's silent disconnect.
 """
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from zope.interface import implementer
 
 CRLF = b"\r\n"
 
@@ -23,6 +24,10 @@ class TextLineProtocol(LineReceiver):
     L{respond} keeps replies in request order however long the service takes:
     while a request's Deferred is pending the protocol pauses (as twisted.mail's
     POP3 does), so lines already buffered or still arriving wait their turn.
+
+    Reading also pauses while the transport's write buffer is full (L{output}
+    tells), so a client that sends requests but never reads the replies
+    cannot make the server buffer them without bound.
     """
 
     log = Logger()
@@ -30,6 +35,7 @@ class TextLineProtocol(LineReceiver):
 
     def __init__(self):
         self._whenClosed = []
+        self._holds = set()
 
     # LF, so that both netcat's LF and telnet's CRLF end a line; a CR before it
     # is removed in lineReceived.
@@ -44,6 +50,8 @@ class TextLineProtocol(LineReceiver):
 
     def connectionMade(self):
         self.factory.connections.add(self)
+        self.output = OutputBuffer(self)
+        self.transport.registerProducer(self.output, True)
         if ITCPTransport.providedBy(self.transport):
             # Without it, a client that both sends and receives stalls ~40 ms
             # on delayed ACKs.
@@ -113,16 +121,23 @@ class TextLineProtocol(LineReceiver):
         # Not d.called: that is also true while d waits on a Deferred it chained.
         if replied:
             return
-        self.pauseProducing()
-        d.addCallback(lambda _: self._replied())
+        self.hold("reply")
+        d.addCallback(lambda _: self.release("reply"))
 
-    def _replied(self):
-        if not self._connectionLost:
+    def hold(self, reason):
+        """Stop reading lines until every C{reason} held is released."""
+        if not self._holds:
+            self.pauseProducing()
+        self._holds.add(reason)
+
+    def release(self, reason):
+        self._holds.discard(reason)
+        if not self._holds and self.paused and not self._connectionLost:
             self.resumeProducing()
             self.requestsDone()
 
     def requestsDone(self):
-        """Called after a delayed reply, once the lines that waited are read."""
+        """Called after reading resumes, once the lines that waited are read."""
 
     def sendText(self, *lines):
         """Send each of C{lines} (text) in one write, each ending in CRLF."""
@@ -142,6 +157,32 @@ class TextLineProtocol(LineReceiver):
 
     def lineTooLong(self):
         raise NotImplementedError()
+
+
+@implementer(IPushProducer)
+class OutputBuffer:
+    """
+    Registered with the transport, which calls pauseProducing when its write
+    buffer passes its high-water mark and resumeProducing once it has drained.
+    C{backlog} counts what was written in between.
+    """
+
+    def __init__(self, protocol):
+        self._protocol = protocol
+        self.full = False
+        self.backlog = 0
+
+    def pauseProducing(self):
+        self.full = True
+        self._protocol.hold("output")
+
+    def resumeProducing(self):
+        self.full = False
+        self.backlog = 0
+        self._protocol.release("output")
+
+    def stopProducing(self):
+        pass
 
 
 class TextLineFactory(protocol.Factory):

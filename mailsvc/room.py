@@ -38,6 +38,9 @@ class ChatRoom:
     """
 
     log = Logger()
+    # Set while the server closes every connection: nobody needs to hear that
+    # each of the others left.
+    closing = False
 
     def __init__(self, chat_log=None, history=20):
         self._members = {}  # nick folded to lower case -> participant
@@ -78,7 +81,8 @@ class ChatRoom:
         if nick is None or self._members.get(nick.lower()) is not participant:
             return
         del self._members[nick.lower()]
-        self._broadcast(encode("* %s left" % (nick,)))
+        if not self.closing:
+            self._broadcast(encode("* %s left" % (nick,)))
         if self._chat_log:
             self._chat_log.left(nick)
 
@@ -102,9 +106,6 @@ class ChatRoom:
         participant = self._members.get(account.lower())
         if participant is not None and participant.account is not None:
             self._deliver(participant, encode(line))
-
-    def announce(self, line):
-        self._broadcast(encode(line))
 
     def _broadcast(self, data, sender=None):
         for participant in list(self._members.values()):

@@ -240,14 +240,17 @@ def _fire(deferreds, outcomes):
             d.errback(result)
 
 
-def connect(path):
+def connect(path, create=True):
     """
-    Open (creating if need be) and migrate the database at C{path}.
+    Open (creating it if need be and C{create}) and migrate the database at
+    C{path}.
 
     A new database is built under a temporary name and renamed into place, so a
     crash during creation never leaves a half-made database at C{path}.
     """
     if path != ":memory:" and not os.path.exists(path):
+        if not create:
+            raise sqlite3.OperationalError("database file %s is missing" % (path,))
         building = path + ".new"
         if os.path.exists(building):
             os.remove(building)
@@ -285,7 +288,9 @@ class SQLiteStorage:
         connection when the storage starts (after twistd has daemonized).
         """
         connect(path).close()
-        return cls(GroupCommitExecutor(lambda: connect(path), reactor))
+        # Never create it again: a database deleted under a running server must
+        # not come back empty.
+        return cls(GroupCommitExecutor(lambda: connect(path, create=False), reactor))
 
     @classmethod
     def inline(cls, path=":memory:"):

@@ -168,3 +168,16 @@ def test_shutdown_notice_reaches_every_chat_connection(chat, join):
     chat.announce_shutdown(5)
     assert alice.replies() == ["Server will shut down in 5 seconds"]
     assert waiting.replies() == ["Server will shut down in 5 seconds"]
+
+
+def test_replies_to_a_client_that_never_reads_count_against_its_sendq(join):
+    flooder = join("flooder")
+    flooder.transport.producer.pauseProducing()
+    # Reading stops too: the requests wait in the buffer, unanswered.
+    assert flooder.feed("/help\n" * 1000) == []
+    assert not flooder.transport.disconnecting
+    # Output the room sends it meanwhile is counted, and it is dropped.
+    talker = join("talker")
+    for _ in range(100):
+        talker("x" * 100)
+    assert flooder.transport.disconnecting

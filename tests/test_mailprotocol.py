@@ -365,3 +365,25 @@ def test_the_line_limit_does_not_count_the_line_ending(wire):
     for ending in ("\n", "\r\n"):
         assert wire.feed(longest + ending) == ["You should log in first."]
         assert wire.feed(longest + "x" + ending) == [too_long]
+
+
+def test_a_client_that_does_not_read_replies_is_not_read_either(wire):
+    # The transport says its write buffer is full: requests wait, unanswered,
+    # instead of piling replies up in memory.
+    wire.transport.producer.pauseProducing()
+    assert wire.transport.producerState == "paused"
+    assert wire.feed("HELP\nHELP\n") == []
+    wire.transport.producer.resumeProducing()
+    replies = wire.replies()
+    assert replies.count("OK commands") == 2
+    assert wire.transport.producerState == "producing"
+
+
+def test_output_and_a_slow_reply_hold_reading_together(held):
+    wire, executor = held
+    wire.transport.producer.pauseProducing()
+    wire.protocol.hold("reply")
+    wire.transport.producer.resumeProducing()
+    assert wire.protocol.paused
+    wire.protocol.release("reply")
+    assert not wire.protocol.paused

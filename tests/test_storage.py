@@ -154,3 +154,20 @@ async def test_stop_finishes_what_was_submitted(counting):
     assert len(await within(defer.gatherResults(pending))) == 20
     db = connect(counting.path)
     assert db.execute("SELECT count(*) FROM accounts").fetchone() == (20,)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_database_deleted_under_the_server_is_not_made_again_empty(path):
+    import os
+
+    from twisted.internet import reactor
+
+    storage = SQLiteStorage.open(path, reactor)
+    os.remove(path)
+    storage.start()
+    try:
+        with pytest.raises(errors.StorageUnavailable):
+            await within(storage.count("bob"))
+        assert not os.path.exists(path)
+    finally:
+        await within(storage.stop())

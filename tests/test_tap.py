@@ -56,9 +56,12 @@ def test_children_stop_one_at_a_time_last_first():
 
 def test_graceful_shutdown(service, clock):
     chat, mail = ChatFactory(service), MailFactory(service)
-    chatter, mailer = Wire(chat), Wire(mail)
+    chatter, mailer, other = Wire(chat), Wire(mail), Wire(chat)
     chatter.replies()
     assert chatter("NICK alice") == ["READY"]
+    other.replies()
+    other("NICK bob")
+    chatter.replies()
     shutdown = GracefulShutdown(chat, mail, 5, clock)
     shutdown.startService()
     done = []
@@ -72,7 +75,10 @@ def test_graceful_shutdown(service, clock):
     assert chatter.transport.disconnecting and mailer.transport.disconnecting
     chatter.protocol.connectionLost(None)
     mailer.protocol.connectionLost(None)
-    assert done == [[[None], [None]]]
+    # Closed by the server, bob is not told that alice left.
+    assert other.replies() == ["Server will shut down in 5 seconds"]
+    other.protocol.connectionLost(None)
+    assert done == [[[None, None], [None]]]
     assert not clock.getDelayedCalls()
 
 
