@@ -119,3 +119,37 @@ def running(tmp_path):
         within(defer.gatherResults([mail.closeAll(reactor), chat.closeAll(reactor)]))
     )
     pytest_twisted.blockon(within(service.stopService()))
+
+
+@pytest.fixture
+def launch(tmp_path):
+    """
+    Start C{twistd -n mailsvc} servers: C{launch(*extra_arguments)} runs one
+    in tmp_path (C{fresh=True}: in a directory of its own) and returns its
+    L{server.Server}. Each is killed, reaped and its log printed at teardown,
+    and a server that logged a traceback or an error fails the test.
+    """
+    from server import Server
+
+    servers = []
+
+    def launch(*extra, fresh=False, **options):
+        directory = tmp_path
+        if fresh:
+            directory = tmp_path / ("server%d" % (len(servers) + 1,))
+            directory.mkdir()
+        server = Server(directory, extra=extra, **options)
+        servers.append(server)
+        return server.start()
+
+    yield launch
+    for server in servers:
+        server.close()
+    problems = [line for server in servers for line in server.problems()]
+    if problems:
+        pytest.fail("the server logged errors:\n" + "\n".join(problems))
+
+
+@pytest.fixture
+def server(launch):
+    return launch()

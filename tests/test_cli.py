@@ -4,7 +4,6 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol
 

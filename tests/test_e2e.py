@@ -32,7 +32,6 @@ from server import (
     STOP_TIMEOUT,
     TWISTD,
     Client,
-    Server,
     is_twistd,
     neutral_env,
     process_alive,
@@ -53,31 +52,6 @@ NOT_UTF8 = "KO request is not valid UTF-8"
 UNKNOWN = "KO unknown command, try HELP"
 
 
-@pytest.fixture
-def launch(tmp_path):
-    """
-    Start servers in tmp_path (all on tmp_path/mailsvc.sqlite unless told);
-    every one is killed, reaped and its log drained at teardown, and a server
-    that logged a traceback or an error fails the test.
-    """
-    servers = []
-
-    def launch(**options):
-        server = Server(tmp_path, **options)
-        servers.append(server)
-        return server.start()
-
-    yield launch
-    for server in servers:
-        server.close()
-    problems = [line for server in servers for line in server.problems()]
-    if problems:
-        pytest.fail("the server logged errors:\n" + "\n".join(problems))
-
-
-@pytest.fixture
-def server(launch):
-    return launch()
 
 
 def cookie_of(reply):
@@ -396,7 +370,7 @@ CLEAN_EXIT = (0, -signal.SIGTERM)
 
 
 def test_a_restart_keeps_accounts_sessions_and_mail(launch):
-    first = launch(extra=GRACE)
+    first = launch(*GRACE)
     with first.connect() as c:
         alice = cookie_of(c("REGISTER alice s3cret"))
         bob = cookie_of(c("REGISTER bob hunter2"))
@@ -412,7 +386,7 @@ def test_a_restart_keeps_accounts_sessions_and_mail(launch):
     idle.close()
     assert first.log.wait_for(r"Server Shut Down", 0) is not None
 
-    second = launch(extra=GRACE)
+    second = launch(*GRACE)
     with second.connect() as c:
         assert c("REGISTER alice other") == ["KO user name already taken"]
         # Both sessions outlive the restart; the one logged out stays out.

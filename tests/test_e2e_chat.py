@@ -19,7 +19,7 @@ import time
 import pytest
 
 from mailsvc.chatprotocol import HELP
-from server import SOCKET_TIMEOUT, STOP_TIMEOUT, Server
+from server import SOCKET_TIMEOUT, STOP_TIMEOUT
 
 pytestmark = pytest.mark.e2e
 
@@ -37,34 +37,6 @@ GRACE = 2
 CLEAN_EXIT = (0, -signal.SIGTERM)
 
 
-@pytest.fixture
-def launch(tmp_path):
-    """
-    Start servers, each in a directory of its own under tmp_path (twistd
-    keeps a pidfile in its directory); each is killed, reaped and its log
-    printed at teardown, and a server that logged a traceback or an error
-    fails the test.
-    """
-    servers = []
-
-    def launch(*extra):
-        directory = tmp_path / ("server%d" % (len(servers) + 1,))
-        directory.mkdir()
-        server = Server(directory, extra=extra)
-        servers.append(server)
-        return server.start()
-
-    yield launch
-    for server in servers:
-        server.close()
-    problems = [line for server in servers for line in server.problems()]
-    if problems:
-        pytest.fail("the server logged errors:\n" + "\n".join(problems))
-
-
-@pytest.fixture
-def server(launch):
-    return launch()
 
 
 # Talking to the chat port.
@@ -284,7 +256,7 @@ def test_a_newcomer_gets_the_recent_history(launch):
         c.close()
 
     # --history 0: none.
-    quiet = launch("--history", 0)
+    quiet = launch("--history", 0, fresh=True)
     alice = join(quiet, "alice")
     alice.send("hello\n")
     who(alice, "alice")

@@ -1,6 +1,5 @@
 """The mail port over real sockets on 127.0.0.1, with the real storage thread."""
 
-import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
@@ -53,24 +52,6 @@ class Collector(protocol.Protocol):
         self.closed.callback(self.lines())
 
 
-@pytest.fixture
-def server(tmp_path):
-    from twisted.internet import reactor
-
-    service = SharedService(
-        SQLiteStorage.open(str(tmp_path / "mail.sqlite"), reactor),
-        Passwords.threaded(reactor, hasher=cheap_hasher()),
-        reactor,
-    )
-    service.startService()
-    port = pytest_twisted.blockon(
-        TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(MailFactory(service))
-    )
-    yield service, port.getHost().port
-    pytest_twisted.blockon(within(defer.maybeDeferred(port.stopListening)))
-    pytest_twisted.blockon(within(service.stopService()))
-
-
 async def connect(port):
     from twisted.internet import reactor
 
@@ -79,9 +60,8 @@ async def connect(port):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_piped_file_then_half_close_gets_every_reply(server):
-    _, port = server
-    client = await connect(port)
+async def test_a_piped_file_then_half_close_gets_every_reply(running):
+    client = await connect(running.mail_port.getHost().port)
     requests = ["REGISTER alice pw"] + ["MESSAGE m%d" % i for i in range(50)]
     requests += ["STORE alice"] * 50 + ["COUNT", "GETMSG", "LIST"]
     client.request(*requests)
@@ -96,8 +76,8 @@ async def test_a_piped_file_then_half_close_gets_every_reply(server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_fifty_concurrent_senders_are_all_acknowledged(server):
-    service, port = server
+async def test_fifty_concurrent_senders_are_all_acknowledged(running):
+    port = running.mail_port.getHost().port
     owner = await connect(port)
     owner.request("REGISTER bob pw")
     [reply] = await owner.linesReceived(1)
