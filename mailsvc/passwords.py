@@ -21,9 +21,9 @@ class Passwords:
         L{threaded} for the server and L{inline} for tests.
     """
 
-    def __init__(self, run, hasher=None, stop=lambda: None):
+    def __init__(self, run, hasher=None, pool=None):
         self._run = run
-        self.stop = stop
+        self._pool = pool
         self._hasher = hasher or PasswordHasher()
         # Checked against when the user does not exist, so that a wrong name
         # costs as long as a wrong password and names cannot be probed by timing.
@@ -31,14 +31,20 @@ class Passwords:
 
     @classmethod
     def threaded(cls, reactor, threads=2, hasher=None):
-        """Passwords hashed in a pool of C{threads} threads, started now."""
+        """Passwords hashed in a pool of C{threads} threads (see L{start})."""
         pool = ThreadPool(minthreads=0, maxthreads=threads, name="mailsvc-passwords")
-        pool.start()
         return cls(
-            lambda f, *args: deferToThreadPool(reactor, pool, f, *args),
-            hasher,
-            stop=pool.stop,
+            lambda f, *args: deferToThreadPool(reactor, pool, f, *args), hasher, pool
         )
+
+    def start(self):
+        """Start the thread pool: in startService, after twistd has daemonized."""
+        if self._pool is not None:
+            self._pool.start()
+
+    def stop(self):
+        if self._pool is not None:
+            self._pool.stop()
 
     @classmethod
     def inline(cls, hasher=None):

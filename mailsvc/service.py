@@ -56,6 +56,7 @@ class SharedService(service.Service):
 
     def startService(self):
         super().startService()
+        self.passwords.start()
         self.storage.start()
 
     def stopService(self):

@@ -649,6 +649,10 @@ def test_daemon_mode(tmp_path):
         with Client(int(started.group(1))) as c:
             assert c("COUNT") == [LOGIN_FIRST]
             assert c("HELP") == HELP_REPLY
+            # The daemon's threads (password hashing, storage) work after the fork.
+            assert c("REGISTER daemon pw")[0].startswith("OK ")
+            assert c("SEND daemon hi\nbody\n.") == ["OK 1"]
+            assert c("COUNT") == ["COUNTED 1"]
         os.kill(pid, signal.SIGTERM)
         assert wait_for_exit(pid, STOP_TIMEOUT), "the daemon ignored SIGTERM"
         assert not pidfile.exists(), "the daemon left its pidfile behind"
