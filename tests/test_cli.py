@@ -43,15 +43,16 @@ class Captured(protocol.ProcessProtocol):
         )
 
 
-def start(*args, password="pw", stdin=None):
+def start(*args, password="pw", stdin=None, command=(CLIENT,)):
     from twisted.internet import reactor
 
     env = {k: v for k, v in os.environ.items() if k != "MAILSVC_PASSWORD"}
     if password is not None:
         env["MAILSVC_PASSWORD"] = password
     captured = Captured()
+    command = list(command)
     process = reactor.spawnProcess(
-        captured, CLIENT, [CLIENT] + list(args), env=env, usePTY=False
+        captured, command[0], command + list(args), env=env, usePTY=False
     )
     if stdin is not None:
         process.write(stdin.encode("utf-8"))
@@ -159,3 +160,13 @@ async def test_a_chat_session_through_stdin(running):
     assert "nickname refused: nickname in use" in out
     carol.transport.loseConnection()
     await within(carol.closed)
+
+
+@pytest_twisted.ensureDeferred
+async def test_python_dash_m_runs_the_same_command(running):
+    await run("register", "--user", "bob", "--connect", running.mail)
+    out, err, status = await run(
+        "count", "--user", "bob", "--connect", running.mail,
+        command=(sys.executable, "-m", "mailsvc.client"),
+    )
+    assert (out, err, status) == ("0\n", "", 0)

@@ -186,3 +186,17 @@ def test_parse_chat_lines():
     assert p("[history] a: b: c") == mc.ChatEvent("history", "b: c", "a")
     assert p("*a* hi") == mc.ChatEvent("private", "hi", "a")
     assert p("a: hi") == mc.ChatEvent("message", "hi", "a")
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_connections_set_tcp_nodelay(running):
+    import socket
+
+    c = await mail_client(running)
+    chat = await chat_client(running, "nodelay")
+    await within(c.help())
+    for factory in (running.mail_factory, running.chat_factory):
+        [connection] = factory.connections
+        handle = connection.transport.getHandle()
+        assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    await closed(c, chat)
