@@ -32,6 +32,7 @@ class ChatProtocol(TextLineProtocol):
     peer = None
     ready = False
     _dropped = False
+    _strikes = 0
 
     @property
     def service(self):
@@ -42,6 +43,10 @@ class ChatProtocol(TextLineProtocol):
         address = self.transport.getPeer()
         host, port = getattr(address, "host", None), getattr(address, "port", None)
         self.peer = "%s:%s" % (host, port) if host is not None else str(address)
+        if not self._admitted:
+            return
+        self._tokens = self.factory.flood_burst
+        self._refilled = self.factory.clock.seconds()
         self.sendText("HELLO")
 
     def connectionLost(self, reason):
@@ -76,16 +81,46 @@ class ChatProtocol(TextLineProtocol):
 
     def textReceived(self, text):
         if text.strip().upper() == "BYE" or text.strip().lower() == "/quit":
-            self.transport.loseConnection()
+            self.close()
         elif not self.ready:
             self.respond(self._nick, text)
+        elif not text or not self._withinRate():
+            return
         elif text.startswith("//"):
             self.service.say(self, text[1:])
         elif text.startswith("/"):
             self.respond(self._command, text)
-        elif text:
+        else:
             self.service.say(self, text)
 
+    def _withinRate(self):
+        """
+        Flood control, a token bucket: flood_rate lines a second on average,
+        flood_burst at once. A line over the rate is dropped with a warning;
+        as many drops again as the burst, with no line in between that was
+        within the rate, and the client is disconnected.
+        """
+        factory = self.factory
+        now = factory.clock.seconds()
+        self._tokens = min(
+            factory.flood_burst, self._tokens + (now - self._refilled) * factory.flood_rate
+        )
+        self._refilled = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            self._strikes = 0
+            return True
+        self._strikes += 1
+        if self._strikes == 1:
+            self.sendText(
+                "* error: you are sending too fast; slow down (at most %g lines a second)"
+                % (factory.flood_rate,)
+            )
+        elif self._strikes > factory.flood_burst:
+            self.log.warn("flooding: disconnecting {nick} ({peer})", nick=self.nick, peer=self.peer)
+            self.sendText("* error: flooding: disconnected")
+            self.close()
+        return False
     def undecodableLine(self):
         self.refuse(errors.MailsvcError("line is not valid UTF-8"))
 
@@ -97,6 +132,12 @@ class ChatProtocol(TextLineProtocol):
     def reply(self, lines):
         if lines:
             self.sendText(*lines)
+
+    def refusal(self, reason):
+        return "* error: " + reason
+
+    def idleTimeout(self):
+        return self.factory.idle_timeout if self.ready else self.factory.nick_timeout
 
     def refuse(self, failure):
         error = getattr(failure, "value", failure)
@@ -116,11 +157,13 @@ class ChatProtocol(TextLineProtocol):
 
         def joined(history):
             self.ready = True
+            self.setTimeout(self.idleTimeout())
             self.sendText("READY")
             if history:
                 self.send(history)
 
-        return self.service.join_chat(self, nick, password).addCallback(joined)
+        d = self.service.join_chat(self, nick, password, self.peerHost)
+        return d.addCallback(joined)
 
     # Commands
 
@@ -152,10 +195,21 @@ class ChatProtocol(TextLineProtocol):
 class ChatFactory(TextLineFactory):
     protocol = ChatProtocol
 
-    def __init__(self, service, max_sendq=1024 * 1024):
-        super().__init__()
+    def __init__(
+        self,
+        service,
+        max_sendq=1024 * 1024,
+        nick_timeout=None,
+        flood_rate=5.0,
+        flood_burst=20,
+        **limits
+    ):
+        super().__init__(**limits)
         self.service = service
         self.max_sendq = max_sendq
+        self.nick_timeout = nick_timeout
+        self.flood_rate = flood_rate
+        self.flood_burst = flood_burst
 
     def closeAll(self, clock, patience=5.0):
         self.service.room.closing = True

@@ -54,6 +54,18 @@ class TooLarge(MailsvcError):
     reason = "message too large"
 
 
+class MailboxFull(MailsvcError):
+    reason = "mailbox is full"
+
+
+class TooManyStaged(MailsvcError):
+    reason = "too many staged messages"
+
+
+class TooManyFailures(MailsvcError):
+    reason = "too many failed attempts: try again later"
+
+
 class StorageUnavailable(MailsvcError):
     reason = "storage unavailable"
 

@@ -8,12 +8,15 @@ from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 CRLF = b"\r\n"
+# Unhandled input kept for a held connection before its socket is paused.
+INPUT_BUFFER = 64 * 1024
 
 
-class TextLineProtocol(LineReceiver):
+class TextLineProtocol(LineReceiver, TimeoutMixin):
     """
     A L{LineReceiver} that hands subclasses decoded text lines.
 
@@ -25,13 +28,22 @@ class TextLineProtocol(LineReceiver):
     while a request's Deferred is pending the protocol pauses (as twisted.mail's
     POP3 does), so lines already buffered or still arriving wait their turn.
 
-    Reading also pauses while the transport's write buffer is full (L{output}
+    Lines also wait while the transport's write buffer is full (L{output}
     tells), so a client that sends requests but never reads the replies
-    cannot make the server buffer them without bound.
+    cannot make the server buffer them without bound; once enough input
+    waits, the socket is not read either.
+
+    The factory sets the limits: how long a line may be, how long a
+    connection may stay silent (L{TimeoutMixin}), how many connections there
+    may be in all and from one address.
     """
 
     log = Logger()
     _connectionLost = False
+    _admitted = False
+    _readingPaused = False
+    _closing = False
+    peerHost = None
 
     def __init__(self):
         self._whenClosed = []
@@ -49,8 +61,18 @@ class TextLineProtocol(LineReceiver):
     _overflow = None
 
     def connectionMade(self):
-        self.factory.connections.add(self)
+        self.peerHost = getattr(self.transport.getPeer(), "host", None)
         self.output = OutputBuffer(self)
+        refusal = self.factory.admit(self)
+        if refusal is not None:
+            self.sendText(self.refusal(refusal))
+            self.transport.loseConnection()
+            return
+        self._admitted = True
+        self.LINE_LIMIT = self.factory.line_limit
+        self.MAX_LENGTH = self.LINE_LIMIT + 1
+        self.callLater = self.factory.clock.callLater
+        self.setTimeout(self.idleTimeout())
         self.transport.registerProducer(self.output, True)
         if ITCPTransport.providedBy(self.transport):
             # Without it, a client that both sends and receives stalls ~40 ms
@@ -58,6 +80,8 @@ class TextLineProtocol(LineReceiver):
             self.transport.setTcpNoDelay(True)
 
     def dataReceived(self, data):
+        if not self._admitted or self.transport.disconnecting:
+            return
         while True:
             if self._discarding:
                 end = data.find(self.delimiter)
@@ -67,8 +91,14 @@ class TextLineProtocol(LineReceiver):
                 self._discarding = False
             super().dataReceived(data)
             if self._overflow is None:
-                return
+                break
             data, self._overflow = self._overflow, None
+        if self.paused and not self._readingPaused and len(self._buffer) > INPUT_BUFFER:
+            # Lines wait while the connection is held; past this much, stop
+            # reading the socket too. Only then: a TLS handshake, say, must go
+            # on while the first reply waits for it.
+            self._readingPaused = True
+            self.transport.pauseProducing()
 
     def lineLengthExceeded(self, line):
         # LineReceiver hands over the overlong line and all that follows it;
@@ -78,6 +108,7 @@ class TextLineProtocol(LineReceiver):
         self.lineTooLong()
 
     def lineReceived(self, line):
+        self.resetTimeout()
         if line.endswith(b"\r"):
             line = line[:-1]
         if len(line) > self.LINE_LIMIT:
@@ -92,11 +123,21 @@ class TextLineProtocol(LineReceiver):
 
     def connectionLost(self, reason):
         self._connectionLost = True
-        self.factory.connections.discard(self)
+        if self._admitted:
+            self.setTimeout(None)
+            self.factory.release(self)
         super().connectionLost(reason)
         waiting, self._whenClosed = self._whenClosed, []
         for d in waiting:
             d.callback(None)
+
+    def close(self):
+        """Close the connection once what was written has been sent."""
+        if self._admitted and not self._closing:
+            # TLS will not start closing while a producer is registered.
+            self._closing = True
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def whenClosed(self):
         """A Deferred that fires when the connection has been lost."""
@@ -108,7 +149,7 @@ class TextLineProtocol(LineReceiver):
 
     def shutdown(self):
         """The server is stopping: close this connection."""
-        self.transport.loseConnection()
+        self.close()
 
     def respond(self, handler, *args):
         """Call C{handler(*args)}; pass its result to L{reply}, or its failure
@@ -125,16 +166,20 @@ class TextLineProtocol(LineReceiver):
         d.addCallback(lambda _: self.release("reply"))
 
     def hold(self, reason):
-        """Stop reading lines until every C{reason} held is released."""
-        if not self._holds:
-            self.pauseProducing()
+        """Handle no further line until every C{reason} held is released."""
         self._holds.add(reason)
+        self.paused = True
 
     def release(self, reason):
         self._holds.discard(reason)
-        if not self._holds and self.paused and not self._connectionLost:
-            self.resumeProducing()
-            self.requestsDone()
+        if self._holds or not self.paused or self._connectionLost:
+            return
+        self.paused = False
+        if self._readingPaused:
+            self._readingPaused = False
+            self.transport.resumeProducing()
+        self.dataReceived(b"")
+        self.requestsDone()
 
     def requestsDone(self):
         """Called after reading resumes, once the lines that waited are read."""
@@ -142,6 +187,18 @@ class TextLineProtocol(LineReceiver):
     def sendText(self, *lines):
         """Send each of C{lines} (text) in one write, each ending in CRLF."""
         self.transport.write(b"".join(line.encode("utf-8") + CRLF for line in lines))
+
+    def idleTimeout(self):
+        """Seconds of silence before the connection is closed, or None."""
+        return self.factory.idle_timeout
+
+    def timeoutConnection(self):
+        self.sendText(self.refusal("idle timeout"))
+        self.close()
+
+    def refusal(self, reason):
+        """The line that tells the client C{reason} before a close."""
+        raise NotImplementedError()
 
     def textReceived(self, text):
         raise NotImplementedError()
@@ -186,10 +243,58 @@ class OutputBuffer:
 
 
 class TextLineFactory(protocol.Factory):
-    """Builds L{TextLineProtocol}s and keeps track of the live ones."""
+    """
+    Builds L{TextLineProtocol}s, keeps track of the live ones, and holds
+    their limits (None: no limit).
+    """
 
-    def __init__(self):
+    log = Logger()
+
+    def __init__(
+        self,
+        clock=None,
+        line_limit=8192,
+        idle_timeout=None,
+        max_connections=None,
+        max_per_peer=None,
+    ):
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self.line_limit = line_limit
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.max_per_peer = max_per_peer
         self.connections = set()
+        self._per_peer = {}
+
+    def admit(self, connection):
+        """Count a new connection in, or return why it is refused."""
+        host = connection.peerHost
+        if self.max_connections is not None and len(self.connections) >= self.max_connections:
+            self.log.info("refused a connection from {host}: server full", host=host)
+            return "too many connections"
+        if (
+            self.max_per_peer is not None
+            and host is not None
+            and self._per_peer.get(host, 0) >= self.max_per_peer
+        ):
+            self.log.info("refused a connection from {host}: too many from there", host=host)
+            return "too many connections from your address"
+        self.connections.add(connection)
+        if host is not None:
+            self._per_peer[host] = self._per_peer.get(host, 0) + 1
+        return None
+
+    def release(self, connection):
+        self.connections.discard(connection)
+        host = connection.peerHost
+        if host is not None:
+            remaining = self._per_peer.get(host, 1) - 1
+            if remaining:
+                self._per_peer[host] = remaining
+            else:
+                self._per_peer.pop(host, None)
 
     def closeAll(self, clock, patience=5.0):
         """

@@ -126,6 +126,9 @@ class MailProtocol(TextLineProtocol):
         else:
             self.sendText("KO " + reason)
 
+    def refusal(self, reason):
+        return "KO " + reason
+
     def reply(self, reply):
         if reply is None:
             return
@@ -153,7 +156,7 @@ class MailProtocol(TextLineProtocol):
         self._closeIfInputDone()
 
     def writeConnectionLost(self):
-        self.transport.loseConnection()
+        self.close()
 
     def requestsDone(self):
         self._closeIfInputDone()
@@ -172,7 +175,7 @@ class MailProtocol(TextLineProtocol):
             self.dataReceived(self.delimiter)
             if self.paused:
                 return
-        self.transport.loseConnection()
+        self.close()
 
     # Requests
 
@@ -222,7 +225,8 @@ class MailProtocol(TextLineProtocol):
 
     def do_LOGIN(self, rest):
         name, password = _credentials(rest, "LOGIN <user> <password>")
-        return self.service.login(name, password).addCallback(self._bind)
+        d = self.service.login(name, password, self.peerHost)
+        return d.addCallback(self._bind)
 
     def do_LOGOUT(self, rest):
         extra, cookie = self._session(rest)
@@ -322,7 +326,7 @@ class MailProtocol(TextLineProtocol):
 
     def do_QUIT(self, rest):
         self.sendText("BYE")
-        self.transport.loseConnection()
+        self.close()
 
     # SEND's body
 
@@ -360,7 +364,7 @@ def _credentials(rest, syntax):
 class MailFactory(TextLineFactory):
     protocol = MailProtocol
 
-    def __init__(self, service, max_body=1024 * 1024):
-        super().__init__()
+    def __init__(self, service, max_body=1024 * 1024, **limits):
+        super().__init__(**limits)
         self.service = service
         self.max_body = max_body

@@ -11,11 +11,12 @@ import re
 import secrets
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from mailsvc import errors
 from mailsvc.room import ChatRoom
+from mailsvc.throttle import Throttle
 
 NAME = re.compile(r"[A-Za-z0-9]{1,32}\Z")
 
@@ -42,25 +43,40 @@ class SharedService(service.Service):
     @param passwords: a L{mailsvc.passwords.Passwords}.
     @param clock: an L{IReactorTime}, for message dates.
     @param room: the L{ChatRoom}; a new one, without a chat log, by default.
+    @param session_ttl: seconds a session may go unused before it expires;
+        None: never.
     """
 
     log = Logger()
 
-    def __init__(self, storage, passwords, clock, room=None):
+    def __init__(self, storage, passwords, clock, room=None, session_ttl=None):
         self.storage = storage
         self.passwords = passwords
         self.clock = clock
         self.room = room if room is not None else ChatRoom()
-        # cookie hash -> account: sessions are few and read on every command.
+        self.session_ttl = session_ttl
+        # Last use is written to storage at most this often per session, so
+        # a busy session does not cost a write per command.
+        self._touch_interval = min(60.0, session_ttl / 4) if session_ttl else None
+        # cookie hash -> _Session: sessions are read on every command.
         self._sessions = {}
+        # Failed password checks, by user name and by peer address.
+        self.name_throttle = Throttle(clock, free=3)
+        self.peer_throttle = Throttle(clock, free=10)
+        self._expiry = task.LoopingCall(self._expire_sessions)
+        self._expiry.clock = clock
 
     def startService(self):
         super().startService()
         self.passwords.start()
         self.storage.start()
+        if self.session_ttl:
+            self._expiry.start(min(60.0, self.session_ttl), now=False)
 
     def stopService(self):
         super().stopService()
+        if self._expiry.running:
+            self._expiry.stop()
         self.passwords.stop()
         return self.storage.stop()
 
@@ -76,23 +92,49 @@ class SharedService(service.Service):
         return cookie
 
     @defer.inlineCallbacks
-    def login(self, name, password):
+    def login(self, name, password, peer=None):
         _check_password(password)
-        row = (yield self.storage.account(name)) if NAME.match(name) else None
-        name, password_hash = row or (name, None)
-        matched = yield self.passwords.verify(password_hash, password)
-        if not matched:
-            raise errors.BadCredentials()
-        cookie = yield self._open_session(name)
+        account = yield self._check_password(name, password, peer, "login")
+        cookie = yield self._open_session(account)
         return cookie
+
+    @defer.inlineCallbacks
+    def _check_password(self, name, password, peer, what, refusal=None):
+        """
+        Fire with the account C{name} if C{password} is its password. Failures
+        are throttled by name and by C{peer}, and logged: with the name only if
+        it is an account's, since a user may type a password in its place.
+        """
+        name_key = name.lower()
+        self.name_throttle.check(name_key)
+        if peer is not None:
+            self.peer_throttle.check(peer)
+        row = (yield self.storage.account(name)) if NAME.match(name) else None
+        account, password_hash = row or (None, None)
+        matched = yield self.passwords.verify(password_hash, password)
+        if matched:
+            self.name_throttle.succeeded(name_key)
+            return account
+        lockout = self.name_throttle.failed(name_key)
+        if peer is not None:
+            lockout = max(lockout, self.peer_throttle.failed(peer))
+        self.log.warn(
+            "failed {what} for {who} from {peer}{locked}",
+            what=what,
+            who=("account " + account) if account else "an unknown name",
+            peer=peer or "?",
+            locked="; locked out for %g s" % lockout if lockout else "",
+        )
+        raise errors.BadCredentials(refusal)
 
     def _open_session(self, account):
         cookie = new_cookie()
         token_hash = _token_hash(cookie)
-        d = self.storage.add_session(token_hash, account, self.clock.seconds())
+        now = self.clock.seconds()
+        d = self.storage.add_session(token_hash, account, now)
 
         def opened(_):
-            self._sessions[token_hash] = account
+            self._sessions[token_hash] = _Session(account, now, now)
             return cookie
 
         return d.addCallback(opened)
@@ -113,17 +155,45 @@ class SharedService(service.Service):
         if cookie is None:
             return defer.fail(errors.NotLoggedIn())
         token_hash = _token_hash(cookie)
-        account = self._sessions.get(token_hash)
-        if account is not None:
-            return defer.succeed(account)
+        session = self._sessions.get(token_hash)
+        if session is not None:
+            try:
+                return defer.succeed(self._use(token_hash, session))
+            except errors.NotLoggedIn:
+                return defer.fail()
 
-        def found(account):
-            if account is None:
+        def found(row):
+            if row is None:
                 raise errors.NotLoggedIn("unknown or expired session")
-            self._sessions[token_hash] = account
-            return account
+            account, last_used = row
+            session = self._sessions[token_hash] = _Session(account, last_used, last_used)
+            return self._use(token_hash, session)
 
         return self.storage.session_account(token_hash).addCallback(found)
+
+    def _use(self, token_hash, session):
+        now = self.clock.seconds()
+        if self.session_ttl and now - session.last_used > self.session_ttl:
+            del self._sessions[token_hash]
+            self.storage.remove_session(token_hash).addErrback(self._storage_failed)
+            raise errors.NotLoggedIn("session expired: log in again")
+        session.last_used = now
+        if self._touch_interval and now - session.stored_last_used >= self._touch_interval:
+            session.stored_last_used = now
+            self.storage.touch_session(token_hash, now).addErrback(self._storage_failed)
+        return session.account
+
+    def _expire_sessions(self):
+        now = self.clock.seconds()
+        for token_hash, session in list(self._sessions.items()):
+            if now - session.last_used > self.session_ttl:
+                del self._sessions[token_hash]
+        # Stored last use lags behind by up to one touch interval.
+        before = now - self.session_ttl - self._touch_interval
+        return self.storage.expire_sessions(before).addErrback(self._storage_failed)
+
+    def _storage_failed(self, failure):
+        failure.trap(errors.StorageUnavailable)
 
     def _as(self, cookie, work, *args):
         """Run C{work(account, *args)} for the session of C{cookie}."""
@@ -210,11 +280,12 @@ class SharedService(service.Service):
 
     # The chat room
 
-    def join_chat(self, participant, nick, password=None):
+    def join_chat(self, participant, nick, password=None, peer=None):
         """
         Add C{participant} to the room as C{nick}; fire with the room's recent
         history. The name of a mail account is reserved for its owner: it takes
-        the account's password (L{errors.NickReserved}, L{errors.BadCredentials}).
+        the account's password (L{errors.NickReserved}, L{errors.BadCredentials}),
+        checked and throttled as a LOGIN is.
         """
         try:
             self.room.check_nick(nick)
@@ -225,16 +296,12 @@ class SharedService(service.Service):
         def found(row):
             if row is None:
                 return self.room.join(participant, nick)
-            account, password_hash = row
             if password is None:
                 raise errors.NickReserved()
-            d = self.passwords.verify(password_hash, password)
-            return d.addCallback(verified, account)
-
-        def verified(matched, account):
-            if not matched:
-                raise errors.BadCredentials("wrong password for that nickname")
-            return self.room.join(participant, account, account)
+            d = self._check_password(
+                nick, password, peer, "chat login", "wrong password for that nickname"
+            )
+            return d.addCallback(lambda account: self.room.join(participant, account, account))
 
         return d.addCallback(found)
 
@@ -269,6 +336,15 @@ class SharedService(service.Service):
             raise errors.NoSuchNick("no such nickname or mailbox: %s" % (nick,))
 
         return d.addErrback(unknown)
+
+
+class _Session:
+    __slots__ = ("account", "last_used", "stored_last_used")
+
+    def __init__(self, account, last_used, stored_last_used):
+        self.account = account
+        self.last_used = last_used
+        self.stored_last_used = stored_last_used
 
 
 def _check_name(name):

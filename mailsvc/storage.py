@@ -31,6 +31,15 @@ log = Logger()
 
 
 @dataclass(frozen=True)
+class Quotas:
+    """What one mailbox and one session may hold; None is no limit."""
+
+    messages: int = None
+    bytes: int = None
+    staged: int = None
+
+
+@dataclass(frozen=True)
 class Message:
     id: int
     sender: str
@@ -52,13 +61,19 @@ class IMailStorage(Interface):
         """Record a session of C{account}."""
 
     def session_account(token_hash):
-        """Fire with the account of a session, or None."""
+        """Fire with C{(account, last used)} of a session, or None."""
+
+    def touch_session(token_hash, now):
+        """Record that a session was used at C{now}."""
+
+    def expire_sessions(before):
+        """Forget sessions last used before C{before}; fire with how many."""
 
     def remove_session(token_hash):
         """Forget a session and what it staged; fire with whether it existed."""
 
     def stage(token_hash, text, now):
-        """Stage C{text} in a session."""
+        """Stage C{text} in a session. L{errors.TooManyStaged}."""
 
     def deliver_staged(token_hash, sender, recipient, now):
         """
@@ -68,7 +83,10 @@ class IMailStorage(Interface):
         """
 
     def deliver(recipient, sender, subject, body, now):
-        """Put a message in a mailbox; fire with its id. L{errors.UnknownUser}."""
+        """
+        Put a message in a mailbox; fire with its id. L{errors.UnknownUser},
+        L{errors.MailboxFull}.
+        """
 
     def count(account):
         """Fire with the number of messages in a mailbox."""
@@ -275,11 +293,12 @@ def _open(path):
 class SQLiteStorage:
     """L{IMailStorage} on SQLite; C{executor} decides which thread runs the SQL."""
 
-    def __init__(self, executor):
+    def __init__(self, executor, quotas=Quotas()):
         self._executor = executor
+        self._quotas = quotas
 
     @classmethod
-    def open(cls, path, reactor):
+    def open(cls, path, reactor, quotas=Quotas()):
         """
         A storage on the database at C{path}, served by a database thread.
 
@@ -290,12 +309,14 @@ class SQLiteStorage:
         connect(path).close()
         # Never create it again: a database deleted under a running server must
         # not come back empty.
-        return cls(GroupCommitExecutor(lambda: connect(path, create=False), reactor))
+        return cls(
+            GroupCommitExecutor(lambda: connect(path, create=False), reactor), quotas
+        )
 
     @classmethod
-    def inline(cls, path=":memory:"):
+    def inline(cls, path=":memory:", quotas=Quotas()):
         """A storage that runs its SQL at once on the calling thread."""
-        return cls(InlineExecutor(connect(path)))
+        return cls(InlineExecutor(connect(path)), quotas)
 
     def start(self):
         self._executor.start()
@@ -315,17 +336,27 @@ class SQLiteStorage:
     def session_account(self, token_hash):
         return self._executor.submit(_session_account, token_hash)
 
+    def touch_session(self, token_hash, now):
+        return self._executor.submit(_touch_session, token_hash, now)
+
+    def expire_sessions(self, before):
+        return self._executor.submit(_expire_sessions, before)
+
     def remove_session(self, token_hash):
         return self._executor.submit(_remove_session, token_hash)
 
     def stage(self, token_hash, text, now):
-        return self._executor.submit(_stage, token_hash, text, now)
+        return self._executor.submit(_stage, token_hash, text, now, self._quotas)
 
     def deliver_staged(self, token_hash, sender, recipient, now):
-        return self._executor.submit(_deliver_staged, token_hash, sender, recipient, now)
+        return self._executor.submit(
+            _deliver_staged, token_hash, sender, recipient, now, self._quotas
+        )
 
     def deliver(self, recipient, sender, subject, body, now):
-        return self._executor.submit(_deliver, recipient, sender, subject, body, now)
+        return self._executor.submit(
+            _deliver, recipient, sender, subject, body, now, self._quotas
+        )
 
     def count(self, account):
         return self._executor.submit(_count, account)
@@ -368,16 +399,24 @@ def _account(db, name):
 
 def _add_session(db, token_hash, account, now):
     db.execute(
-        "INSERT INTO sessions (token_hash, account, created) VALUES (?, ?, ?)",
-        (token_hash, account, now),
+        "INSERT INTO sessions (token_hash, account, created, last_used)"
+        " VALUES (?, ?, ?, ?)",
+        (token_hash, account, now, now),
     )
 
 
 def _session_account(db, token_hash):
-    row = db.execute(
-        "SELECT account FROM sessions WHERE token_hash = ?", (token_hash,)
+    return db.execute(
+        "SELECT account, last_used FROM sessions WHERE token_hash = ?", (token_hash,)
     ).fetchone()
-    return row[0] if row else None
+
+
+def _touch_session(db, token_hash, now):
+    db.execute("UPDATE sessions SET last_used = ? WHERE token_hash = ?", (now, token_hash))
+
+
+def _expire_sessions(db, before):
+    return db.execute("DELETE FROM sessions WHERE last_used < ?", (before,)).rowcount
 
 
 def _remove_session(db, token_hash):
@@ -387,7 +426,15 @@ def _remove_session(db, token_hash):
     )
 
 
-def _stage(db, token_hash, text, now):
+def _stage(db, token_hash, text, now, quotas):
+    if quotas.staged is not None:
+        (staged,) = db.execute(
+            "SELECT count(*) FROM staged WHERE session = ?", (token_hash,)
+        ).fetchone()
+        if staged >= quotas.staged:
+            raise errors.TooManyStaged(
+                "too many staged messages: at most %d, STORE some first" % quotas.staged
+            )
     db.execute(
         "INSERT INTO staged (session, text, created) VALUES (?, ?, ?)",
         (token_hash, text, now),
@@ -401,7 +448,7 @@ def _recipient(db, name):
     return row[0]
 
 
-def _deliver_staged(db, token_hash, sender, recipient, now):
+def _deliver_staged(db, token_hash, sender, recipient, now, quotas):
     row = db.execute(
         "SELECT id, text FROM staged WHERE session = ? ORDER BY id DESC LIMIT 1",
         (token_hash,),
@@ -409,18 +456,35 @@ def _deliver_staged(db, token_hash, sender, recipient, now):
     if row is None:
         raise errors.NothingStaged()
     staged_id, text = row
-    message_id = _deliver(db, recipient, sender, "", text, now)
+    message_id = _deliver(db, recipient, sender, "", text, now, quotas)
     db.execute("DELETE FROM staged WHERE id = ?", (staged_id,))
     return message_id
 
 
-def _deliver(db, recipient, sender, subject, body, now):
+def _deliver(db, recipient, sender, subject, body, now, quotas):
     recipient = _recipient(db, recipient)
+    if quotas.messages is not None or quotas.bytes is not None:
+        _check_quota(db, recipient, len((subject + body).encode("utf-8")), quotas)
     return db.execute(
         "INSERT INTO messages (recipient, sender, subject, body, created)"
         " VALUES (?, ?, ?, ?, ?)",
         (recipient, sender, subject, body, now),
     ).lastrowid
+
+
+def _check_quota(db, recipient, size, quotas):
+    row = db.execute(
+        "SELECT messages, bytes FROM mailbox_usage WHERE account = ?", (recipient,)
+    ).fetchone()
+    messages, used = row or (0, 0)
+    if quotas.messages is not None and messages + 1 > quotas.messages:
+        raise errors.MailboxFull(
+            "mailbox of %s is full: at most %d messages" % (recipient, quotas.messages)
+        )
+    if quotas.bytes is not None and used + size > quotas.bytes:
+        raise errors.MailboxFull(
+            "mailbox of %s is full: at most %d bytes" % (recipient, quotas.bytes)
+        )
 
 
 def _count(db, account):

@@ -20,12 +20,30 @@ from mailsvc.mailprotocol import MailFactory
 from mailsvc.passwords import Passwords
 from mailsvc.room import ChatRoom
 from mailsvc.service import SharedService
-from mailsvc.storage import SQLiteStorage
+from mailsvc.storage import Quotas, SQLiteStorage
 
 
 def endpoint(description):
     """A bare port number means TCP on every interface, as twistd's own plugins do."""
     return "tcp:" + description if description.isdigit() else description
+
+
+POSITIVE = (
+    "max-sendq",
+    "max-body",
+    "max-line",
+    "quota-messages",
+    "quota-bytes",
+    "max-staged",
+    "max-connections",
+    "max-per-peer",
+    "idle-timeout",
+    "nick-timeout",
+    "chat-idle-timeout",
+    "session-ttl",
+    "flood-rate",
+    "flood-burst",
+)
 
 
 class Options(usage.Options):
@@ -63,6 +81,18 @@ class Options(usage.Options):
             int,
         ],
         ["max-body", None, 1024 * 1024, "Largest SEND body accepted, in bytes.", int],
+        ["max-line", None, 8192, "Longest request line, in bytes (both ports).", int],
+        ["quota-messages", None, 10000, "Messages one mailbox may hold.", int],
+        ["quota-bytes", None, 100 * 1024 * 1024, "Bytes one mailbox may hold.", int],
+        ["max-staged", None, 100, "Staged (MESSAGE) texts one session may hold.", int],
+        ["max-connections", None, 10000, "Connections to each port at once.", int],
+        ["max-per-peer", None, 100, "Connections to each port from one address.", int],
+        ["idle-timeout", None, 300, "Seconds a mail connection may stay silent.", int],
+        ["nick-timeout", None, 30, "Seconds a chat client has to get a nickname.", int],
+        ["chat-idle-timeout", None, 3600, "Seconds a chat participant may stay silent.", int],
+        ["session-ttl", None, 86400, "Seconds a session cookie may go unused.", int],
+        ["flood-rate", None, 5, "Chat lines a second one participant may send.", float],
+        ["flood-burst", None, 20, "Chat lines one participant may send at once.", int],
     ]
 
     longdesc = (
@@ -75,9 +105,12 @@ class Options(usage.Options):
         # Absolute now: twistd may change directory (--rundir) before starting.
         self["db"] = os.path.abspath(self["db"])
         self["chat-log"] = os.path.abspath(self["chat-log"])
-        for name in ("history", "shutdown-grace", "max-sendq", "max-body"):
+        for name in ("history", "shutdown-grace"):
             if self[name] < 0:
                 raise usage.UsageError("--%s must not be negative" % (name,))
+        for name in POSITIVE:
+            if self[name] <= 0:
+                raise usage.UsageError("--%s must be more than 0" % (name,))
 
 
 class OneByOne(service.MultiService):
@@ -123,15 +156,37 @@ def makeService(config, reactor=None):
     open(config["chat-log"], "a").close()  # an unwritable log fails now, loudly
     chat_log = ChatLog(config["chat-log"], reactor)
     chat_log.setServiceParent(top)
+    quotas = Quotas(
+        messages=config["quota-messages"],
+        bytes=config["quota-bytes"],
+        staged=config["max-staged"],
+    )
     shared = SharedService(
-        SQLiteStorage.open(config["db"], reactor),
+        SQLiteStorage.open(config["db"], reactor, quotas),
         Passwords.threaded(reactor),
         reactor,
         ChatRoom(chat_log, history=config["history"]),
+        session_ttl=config["session-ttl"],
     )
     shared.setServiceParent(top)
-    mail = MailFactory(shared, max_body=config["max-body"])
-    chat = ChatFactory(shared, max_sendq=config["max-sendq"])
+    limits = dict(
+        clock=reactor,
+        line_limit=config["max-line"],
+        max_connections=config["max-connections"],
+        max_per_peer=config["max-per-peer"],
+    )
+    mail = MailFactory(
+        shared, max_body=config["max-body"], idle_timeout=config["idle-timeout"], **limits
+    )
+    chat = ChatFactory(
+        shared,
+        max_sendq=config["max-sendq"],
+        nick_timeout=config["nick-timeout"],
+        idle_timeout=config["chat-idle-timeout"],
+        flood_rate=config["flood-rate"],
+        flood_burst=config["flood-burst"],
+        **limits,
+    )
     GracefulShutdown(chat, mail, config["shutdown-grace"], reactor).setServiceParent(top)
     strports.service(config["port"], mail).setServiceParent(top)
     strports.service(config["chat-port"], chat).setServiceParent(top)

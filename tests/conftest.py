@@ -70,8 +70,8 @@ def service(clock):
 
 
 @pytest.fixture
-def mail_factory(service):
-    return MailFactory(service)
+def mail_factory(service, clock):
+    return MailFactory(service, clock=clock)
 
 
 class Running:

@@ -7,8 +7,9 @@ from wire import Wire
 
 
 @pytest.fixture
-def chat(service):
-    return ChatFactory(service, max_sendq=4096)
+def chat(service, clock):
+    # Flood control is tested on its own; here a talker may talk fast.
+    return ChatFactory(service, max_sendq=4096, clock=clock, flood_rate=1e6, flood_burst=1000)
 
 
 @pytest.fixture

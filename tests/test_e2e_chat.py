@@ -228,8 +228,12 @@ def test_a_client_that_vanishes_is_removed_and_its_nick_freed(server):
 # 4. History.
 
 
+# These tests talk faster than anyone types: flood control would rightly stop them.
+FAST = ("--flood-rate", 1e6, "--flood-burst", 100000)
+
+
 def test_a_newcomer_gets_the_recent_history(launch):
-    server = launch()
+    server = launch(*FAST)
     alice = join(server, "alice")
     carol = join(server, "carol")
     assert alice.line() == "* carol joined"
@@ -499,7 +503,7 @@ def flood_line(n):
 
 
 def test_a_client_that_never_reads_is_dropped_and_memory_stays_flat(launch):
-    server = launch("--max-sendq", MAX_SENDQ)
+    server = launch("--max-sendq", MAX_SENDQ, *FAST)
     stalled = join(server, "stalled", rcvbuf=4096)
     reader = join(server, "reader")
     flood = join(server, "flood")

@@ -175,10 +175,10 @@ def test_send_without_session_reads_the_body_first(wire):
     assert wire.feed("SEND bob hi\nLOGIN x y\n.\n") == ["KO you should log in first"]
 
 
-def test_send_body_too_large(service):
+def test_send_body_too_large(service, clock):
     from mailsvc.mailprotocol import MailFactory
 
-    wire = Wire(MailFactory(service, max_body=10))
+    wire = Wire(MailFactory(service, max_body=10, clock=clock))
     login(wire)
     assert wire.feed("SEND alice big\n12345\n67890\n.\n") == [
         "KO message too large: at most 10 bytes"
@@ -321,7 +321,7 @@ def held(clock):
 
     executor = HeldExecutor(InlineExecutor(connect(":memory:")))
     service = SharedService(SQLiteStorage(executor), Passwords.inline(), clock)
-    wire = Wire(MailFactory(service))
+    wire = Wire(MailFactory(service, clock=clock))
     yield wire, executor
     executor.stop()
 
@@ -334,7 +334,7 @@ def release_all(executor):
 def test_slow_storage_keeps_replies_in_order(held):
     wire, executor = held
     assert wire.feed("REGISTER alice pw\nCOUNT\nFROB\n") == []
-    assert wire.protocol.paused and wire.transport.producerState == "paused"
+    assert wire.protocol.paused
     release_all(executor)
     replies = wire.replies()
     assert replies[0].startswith("OK ")
@@ -368,14 +368,20 @@ def test_the_line_limit_does_not_count_the_line_ending(wire):
 
 
 def test_a_client_that_does_not_read_replies_is_not_read_either(wire):
+    from mailsvc.lines import INPUT_BUFFER
+
     # The transport says its write buffer is full: requests wait, unanswered,
-    # instead of piling replies up in memory.
+    # instead of piling replies up in memory...
     wire.transport.producer.pauseProducing()
-    assert wire.transport.producerState == "paused"
     assert wire.feed("HELP\nHELP\n") == []
+    assert wire.transport.producerState == "producing"
+    # ...and past a bound, the socket is not read either.
+    wire.feed("COUNT\n" * (INPUT_BUFFER // 6 + 1))
+    assert wire.transport.producerState == "paused"
     wire.transport.producer.resumeProducing()
     replies = wire.replies()
     assert replies.count("OK commands") == 2
+    assert replies.count("KO you should log in first") == INPUT_BUFFER // 6 + 1
     assert wire.transport.producerState == "producing"
 
 

@@ -55,7 +55,7 @@ def test_children_stop_one_at_a_time_last_first():
 
 
 def test_graceful_shutdown(service, clock):
-    chat, mail = ChatFactory(service), MailFactory(service)
+    chat, mail = ChatFactory(service, clock=clock), MailFactory(service, clock=clock)
     chatter, mailer, other = Wire(chat), Wire(mail), Wire(chat)
     chatter.replies()
     assert chatter("NICK alice") == ["READY"]
@@ -83,7 +83,7 @@ def test_graceful_shutdown(service, clock):
 
 
 def test_a_connection_that_will_not_close_is_aborted(service, clock):
-    chat = ChatFactory(service)
+    chat = ChatFactory(service, clock=clock)
     stuck = Wire(chat)
     aborted = []
     stuck.transport.abortConnection = lambda: aborted.append(True)

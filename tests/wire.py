@@ -7,10 +7,8 @@ from twisted.internet.testing import StringTransport
 
 
 class Wire:
-    def __init__(self, factory, port=50000):
-        self.transport = StringTransport(
-            peerAddress=IPv4Address("TCP", "127.0.0.1", port)
-        )
+    def __init__(self, factory, port=50000, host="127.0.0.1"):
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", host, port))
         self.protocol = factory.buildProtocol(self.transport.getPeer())
         self.protocol.makeConnection(self.transport)
 
