@@ -199,11 +199,30 @@ class Options(usage.Options):
 # Commands
 
 
-async def _mail_client(reactor, options):
+async def _connected(connecting, address):
+    """Await C{connecting}; turn any failure to connect into a plain message."""
     try:
-        return await mc.connect_mail(reactor, options.endpoint())
-    except ConnectError as e:
-        raise Failed("cannot connect to %s: %s" % (options.endpoint(), e), 3)
+        return await connecting
+    except mc.RequestFailed:
+        raise
+    except (ValueError, TypeError, KeyError) as e:
+        raise Failed("bad address %s: %s" % (address, e), 2)
+    except Exception as e:  # refused, unreachable, certificate checks, ...
+        raise Failed("cannot connect to %s: %s" % (address, _describe(e)), 3)
+
+
+def _describe(error):
+    if isinstance(error, ConnectError):
+        return str(error)
+    text = str(error)
+    if "certificate verify failed" in text or "VerificationError" in type(error).__name__:
+        return "the server's certificate could not be verified (%s)" % (text,)
+    return text or type(error).__name__
+
+
+async def _mail_client(reactor, options):
+    address = options.endpoint()
+    return await _connected(defer.maybeDeferred(mc.connect_mail, reactor, address), address)
 
 
 def _print_message(write, message):
@@ -374,19 +393,20 @@ async def chat(reactor, options, console):
         else:
             console.say("* " + event.text)
 
+    address = options.endpoint()
+    connecting = defer.maybeDeferred(
+        mc.connect_chat,
+        reactor,
+        address,
+        options["nick"],
+        password=secret,
+        on_retry=lambda reason: defer.ensureDeferred(retry(reason)),
+        on_event=show,
+    )
     try:
-        client = await mc.connect_chat(
-            reactor,
-            options.endpoint(),
-            options["nick"],
-            password=secret,
-            on_retry=lambda reason: defer.ensureDeferred(retry(reason)),
-            on_event=show,
-        )
+        client = await _connected(connecting, address)
     except mc.NickRefused:
         raise Failed("no nickname accepted")
-    except ConnectError as e:
-        raise Failed("cannot connect to %s: %s" % (options.endpoint(), e), 3)
     console.say("Joined as %s. /help for commands, end of input to leave." % client.nick)
     # Ctrl-C stops the reactor: say BYE on the way out.
     reactor.addSystemEventTrigger("before", "shutdown", client.bye)

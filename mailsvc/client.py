@@ -16,7 +16,9 @@ import re
 from dataclasses import dataclass
 
 from twisted.internet import defer, endpoints, protocol
+from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
 from twisted.protocols.basic import LineReceiver
+from zope.interface import implementer
 
 
 class RequestFailed(Exception):
@@ -81,10 +83,25 @@ class _Request:
         self.lines = None
 
 
+@implementer(IHandshakeListener)
 class _LineClient(LineReceiver):
     # LF ends a line; a CR before it is removed, as the server does.
     delimiter = b"\n"
     MAX_LENGTH = 1 << 20
+
+    def connectionMade(self):
+        # Fires once the connection can be trusted: at once over plain TCP,
+        # after the TLS handshake (and the certificate checks) otherwise.
+        self.secured = defer.Deferred()
+        if not ISSLTransport.providedBy(self.transport):
+            self.secured.callback(self)
+
+    def handshakeCompleted(self):
+        self.secured.callback(self)
+
+    def connectionLost(self, reason):
+        if not self.secured.called:
+            self.secured.errback(reason)
 
     def lineReceived(self, line):
         if line.endswith(b"\r"):
@@ -113,6 +130,7 @@ class MailClient(_LineClient):
         self.closed = defer.Deferred()
 
     def connectionLost(self, reason):
+        super().connectionLost(reason)
         pending, self._pending = self._pending, collections.deque()
         for request in pending:
             request.deferred.errback(reason)
@@ -352,6 +370,7 @@ class ChatClient(_LineClient):
             self._queue.put(event)
 
     def connectionLost(self, reason):
+        super().connectionLost(reason)
         if not self.ready.called:
             self.ready.errback(reason)
         self._queue.put(None)
@@ -400,10 +419,14 @@ class _Events:
 
 
 def connect_mail(reactor, description, checksums=False):
-    """Connect to a mail port (C{tcp:host:port}, C{ssl:...}, C{unix:...});
-    fire with a L{MailClient}."""
+    """
+    Connect to a mail port (C{tcp:host:port}, C{tls:host:port:trustRoots=...},
+    C{unix:...}); fire with a L{MailClient}, over TLS only once the server's
+    certificate has been checked.
+    """
     endpoint = endpoints.clientFromString(reactor, description)
-    return endpoint.connect(protocol.Factory.forProtocol(lambda: MailClient(checksums)))
+    d = endpoint.connect(protocol.Factory.forProtocol(lambda: MailClient(checksums)))
+    return d.addCallback(lambda client: client.secured)
 
 
 def connect_chat(reactor, description, nick, **options):

@@ -14,6 +14,8 @@ from zope.interface import implementer
 CRLF = b"\r\n"
 # Unhandled input kept for a held connection before its socket is paused.
 INPUT_BUFFER = 64 * 1024
+# Seconds a connection may take to close before it is aborted.
+CLOSE_PATIENCE = 5.0
 
 
 class TextLineProtocol(LineReceiver, TimeoutMixin):
@@ -43,6 +45,7 @@ class TextLineProtocol(LineReceiver, TimeoutMixin):
     _admitted = False
     _readingPaused = False
     _closing = False
+    _abortLater = None
     peerHost = None
 
     def __init__(self):
@@ -126,17 +129,26 @@ class TextLineProtocol(LineReceiver, TimeoutMixin):
         if self._admitted:
             self.setTimeout(None)
             self.factory.release(self)
+        if self._abortLater is not None and self._abortLater.active():
+            self._abortLater.cancel()
         super().connectionLost(reason)
         waiting, self._whenClosed = self._whenClosed, []
         for d in waiting:
             d.callback(None)
 
     def close(self):
-        """Close the connection once what was written has been sent."""
+        """
+        Close the connection once what was written has been sent; abort it
+        if that takes longer than L{CLOSE_PATIENCE} seconds (a peer that does
+        not read, or a TLS peer that never answers the close).
+        """
         if self._admitted and not self._closing:
-            # TLS will not start closing while a producer is registered.
             self._closing = True
+            # TLS will not start closing while a producer is registered.
             self.transport.unregisterProducer()
+            self._abortLater = self.factory.clock.callLater(
+                CLOSE_PATIENCE, self.transport.abortConnection
+            )
         self.transport.loseConnection()
 
     def whenClosed(self):

@@ -65,10 +65,11 @@ def message_lines(message):
 def _message_id(word, syntax):
     if not word.isdigit() or not word.isascii():
         raise Usage(syntax)
-    message_id = int(word)
-    if message_id > MAX_MESSAGE_ID:
-        raise errors.NoSuchMessage("no such message: %s" % (word,))
-    return message_id
+    # Compare lengths first: int() refuses strings of thousands of digits.
+    digits = word.lstrip("0")
+    if len(digits) > len(str(MAX_MESSAGE_ID)) or int(word) > MAX_MESSAGE_ID:
+        raise errors.NoSuchMessage("no such message: %s" % (word[:40],))
+    return int(word)
 
 
 class _Body:

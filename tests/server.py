@@ -31,7 +31,9 @@ LOCAL = "tcp:0:interface=127.0.0.1"
 
 # Twisted logs "<factory> starting on <port>" when a port listens; the factory
 # is named by its class, with or without its module.
-STARTING = re.compile(r"\] (?:[\w.]+\.)?(?P<factory>\w+) starting on (?P<port>\d+)\s*$")
+STARTING = re.compile(
+    r"\] (?:[\w.]+\.)?(?P<factory>\w+)(?: \(TLS\))? starting on (?P<port>\d+)\s*$"
+)
 
 # The replies that run to a line holding only ".": HELP, GETMSG and READ, LIST.
 MULTILINE = re.compile(r"OK (commands|message \d+|\d+ messages)\Z")
@@ -144,7 +146,9 @@ class Server:
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
         self.log = ServerLog(self.process.stdout, self.name)
-        started = self.log.wait_for(r"\] (?:[\w.]+\.)?MailFactory starting on \d+", timeout)
+        started = self.log.wait_for(
+            r"\] (?:[\w.]+\.)?MailFactory(?: \(TLS\))? starting on \d+", timeout
+        )
         if started is None:
             raise AssertionError(
                 "%s did not log 'MailFactory starting on <port>' within %ss"
@@ -166,7 +170,8 @@ class Server:
         """The chat port, waiting for its "starting on" (logged after the mail port's)."""
         if "ChatFactory" not in self.ports:
             started = self.log.wait_for(
-                r"\] (?:[\w.]+\.)?ChatFactory starting on (?P<port>\d+)\s*$", START_TIMEOUT
+                r"\] (?:[\w.]+\.)?ChatFactory(?: \(TLS\))? starting on (?P<port>\d+)\s*$",
+                START_TIMEOUT,
             )
             if started is None:
                 raise AssertionError(

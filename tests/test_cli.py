@@ -170,3 +170,9 @@ async def test_python_dash_m_runs_the_same_command(running):
         command=(sys.executable, "-m", "mailsvc.client"),
     )
     assert (out, err, status) == ("0\n", "", 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bad_address_is_a_usage_error(running):
+    out, err, status = await run("count", "--user", "bob", "--connect", "bogus:thing")
+    assert (out, status) == ("", 2) and err.startswith("mailsvc-client: bad address bogus:thing")
