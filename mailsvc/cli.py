@@ -14,7 +14,7 @@ import os
 import sys
 
 from twisted.internet import defer, stdio, task
-from twisted.internet.error import ConnectError
+from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.protocols.basic import LineReceiver
 from twisted.python import usage
@@ -151,7 +151,7 @@ class _OneShot(_Server):
 
 
 class _Send(_OneShot):
-    synopsis = "send --user U RECIPIENT SUBJECT < body"
+    synopsis = "--user U RECIPIENT SUBJECT... < body"
 
     def parseArgs(self, recipient, *subject):
         self["recipient"] = recipient
@@ -163,6 +163,8 @@ class _List(_OneShot):
 
 
 class _ById(_OneShot):
+    synopsis = "--user U MESSAGE-ID"
+
     def parseArgs(self, message_id):
         try:
             self["id"] = int(message_id)
@@ -255,24 +257,32 @@ async def one_shot(reactor, options):
         if command == "register":
             await client.register(sub["user"], secret)
             _stdout("registered %s" % sub["user"])
-            return
-        await client.login(sub["user"], secret)
-        if command == "send":
-            message_id = await client.send(sub["recipient"], sub["subject"], body.rstrip("\n"))
-            _stdout("sent message %d to %s" % (message_id, sub["recipient"]))
-        elif command == "count":
-            _stdout(str(await client.count()))
-        elif command == "list":
-            _print_list(_stdout, await client.list(sub["from"]))
-        elif command == "read":
-            _print_message(_stdout, await client.read(sub["id"]))
-        elif command == "delete":
-            await client.delete(sub["id"])
-            _stdout("deleted message %d" % sub["id"])
+        else:
+            await client.login(sub["user"], secret)
+            await _one_shot(client, command, sub, body)
+        await client.logout()
     except mc.RequestFailed as e:
         raise Failed(e.reason)
     finally:
+        if client.cookie is not None:
+            # Failed half way: end the session all the same (its reply is not needed).
+            client.logout().addErrback(lambda failure: None)
         client.transport.loseConnection()
+
+
+async def _one_shot(client, command, sub, body):
+    if command == "send":
+        message_id = await client.send(sub["recipient"], sub["subject"], body.rstrip("\n"))
+        _stdout("sent message %d to %s" % (message_id, sub["recipient"]))
+    elif command == "count":
+        _stdout(str(await client.count()))
+    elif command == "list":
+        _print_list(_stdout, await client.list(sub["from"]))
+    elif command == "read":
+        _print_message(_stdout, await client.read(sub["id"]))
+    elif command == "delete":
+        await client.delete(sub["id"])
+        _stdout("deleted message %d" % sub["id"])
 
 
 async def mail_shell(reactor, options, console):
@@ -327,7 +337,8 @@ async def _shell(console, client):
                 console.say("Logged out.")
                 return
             elif command == "count":
-                console.say("%d messages" % await client.count())
+                count = await client.count()
+                console.say("%d message%s" % (count, "" if count == 1 else "s"))
             elif command == "list":
                 sender = args[1] if len(args) == 2 and args[0].lower() == "from" else None
                 _print_list(console.say, await client.list(sender))
@@ -346,6 +357,9 @@ async def _shell(console, client):
                 console.say("unknown command %s; type help" % command)
         except mc.RequestFailed as e:
             console.say("error: " + e.reason)
+        except (ConnectionDone, ConnectionLost):
+            console.say("The server closed the connection.")
+            return
 
 
 async def _message_id(console, args):

@@ -30,7 +30,16 @@ class RequestFailed(Exception):
 
 
 class NotLoggedIn(RequestFailed):
-    pass
+    """The request needs a session, and there is none (or it expired)."""
+
+
+# How the server's refusals begin when the session is missing or gone.
+_SESSION_GONE = (
+    "you should log in first",
+    "you are not logged in",
+    "unknown or expired session",
+    "session expired",
+)
 
 
 class ChecksumMismatch(RequestFailed):
@@ -123,6 +132,8 @@ class MailClient(_LineClient):
 
     MAX_SENDS = 3
 
+    _lost = None
+
     def __init__(self, checksums=False):
         self.checksums = checksums
         self.cookie = None
@@ -131,6 +142,7 @@ class MailClient(_LineClient):
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
+        self._lost = reason
         pending, self._pending = self._pending, collections.deque()
         for request in pending:
             request.deferred.errback(reason)
@@ -144,9 +156,15 @@ class MailClient(_LineClient):
         return line
 
     def _request(self, line, parse=None, multiline=False, body=None):
+        if "\n" in line or "\r" in line:
+            # It would be two requests, and every later reply would be off by one.
+            return defer.fail(ValueError("a request is one line: %r" % (line,)))
+        if self._lost is not None:
+            return defer.fail(self._lost)
         data = [self._line(line)]
         if body is not None:
-            data += ["." + l if l.startswith(".") else l for l in body.split("\n")]
+            lines = body.replace("\r\n", "\n").split("\n")
+            data += ["." + l if l.startswith(".") else l for l in lines]
             data.append(".")
         request = _Request(data, parse, multiline)
         self._send(request)
@@ -186,7 +204,9 @@ class MailClient(_LineClient):
 
     def _done(self, request, status, lines):
         if status.startswith("KO"):
-            request.deferred.errback(RequestFailed(status[3:]))
+            reason = status[3:]
+            error = NotLoggedIn if reason.startswith(_SESSION_GONE) else RequestFailed
+            request.deferred.errback(error(reason))
         elif status == "You should log in first.":
             request.deferred.errback(NotLoggedIn(status))
         else:
@@ -210,7 +230,10 @@ class MailClient(_LineClient):
         return self.cookie
 
     def logout(self):
-        return self._request("LOGOUT")
+        def loggedOut(_):
+            self.cookie = None
+
+        return self._request("LOGOUT").addCallback(loggedOut)
 
     def message(self, text):
         return self._request("MESSAGE " + text)

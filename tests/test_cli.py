@@ -126,7 +126,7 @@ async def test_an_interactive_mail_session(running):
     assert status == 0 and err == ""
     assert "error: wrong user name or password" in out
     assert "Logged in as alice." in out
-    assert "1 messages" in out and "Lunch?" in out
+    assert "\n1 message\n" in out and "Lunch?" in out
     assert "Are you free\nat noon?\nmail> " in out
     assert "Deleted message 1." in out and "error: no such message: 1" in out
     assert "unknown command frob; type help" in out
@@ -176,3 +176,18 @@ async def test_python_dash_m_runs_the_same_command(running):
 async def test_a_bad_address_is_a_usage_error(running):
     out, err, status = await run("count", "--user", "bob", "--connect", "bogus:thing")
     assert (out, status) == ("", 2) and err.startswith("mailsvc-client: bad address bogus:thing")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_shell_says_so_when_the_server_closes(running):
+    from twisted.internet import reactor
+
+    await run("register", "--user", "erin", "--connect", running.mail)
+    captured, process = start("mail", "--connect", running.mail)
+    process.write(b"l\nerin\npw\n")
+    await captured.printed("Logged in as erin.")
+    await within(running.mail_factory.closeAll(reactor))
+    process.write(b"count\n")
+    out, err, status = await within(captured.ended)
+    assert status == 0 and err == ""
+    assert out.endswith("mail> The server closed the connection.\n")

@@ -200,3 +200,34 @@ async def test_server_connections_set_tcp_nodelay(running):
         handle = connection.transport.getHandle()
         assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     await closed(c, chat)
+
+
+@pytest_twisted.ensureDeferred
+async def test_misuse_fails_at_once_instead_of_hanging(running):
+    from twisted.internet.error import ConnectionDone
+
+    c = await mail_client(running)
+    await within(c.register("carl", "pw"))
+    with pytest.raises(ValueError, match="one line"):
+        await within(c.message("hello\nDELMSG"))
+    assert await within(c.count()) == 0  # replies still line up
+    await within(c.logout())
+    assert c.cookie is None
+    with pytest.raises(mc.NotLoggedIn, match="you should log in first"):
+        await within(c.count())
+    await within(c.quit())
+    with pytest.raises(ConnectionDone):
+        await within(c.count())
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_shot_commands_leave_no_session_behind(running):
+    from test_cli import run
+
+    await within(running.service.register("dora", "pw"))
+    sessions_before = await within(running.service.storage.summary())
+    for args in (["count"], ["list"]):
+        _, _, status = await run(*args, "--user", "dora", "--connect", running.mail)
+        assert status == 0
+    summary = await within(running.service.storage.summary())
+    assert summary["sessions"] == sessions_before["sessions"]
