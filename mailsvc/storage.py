@@ -118,7 +118,10 @@ def _run_batch(connection, batch):
     durable, and nothing of it may be acknowledged.
     """
     outcomes = []
-    connection.execute("BEGIN IMMEDIATE")
+    # A batch that only reads takes no write lock, so reads go on while the
+    # database cannot be written (a full disk, a read-only file).
+    reads_only = all(getattr(work, "reads_only", False) for work, _ in batch)
+    connection.execute("BEGIN" if reads_only else "BEGIN IMMEDIATE")
     try:
         for work, args in batch:
             connection.execute("SAVEPOINT request")
@@ -380,6 +383,12 @@ class SQLiteStorage:
 # The work functions below run on the database thread, inside a savepoint.
 
 
+def _reading(work):
+    work.reads_only = True
+    return work
+
+
+
 def _add_account(db, name, password_hash, now):
     try:
         db.execute(
@@ -391,6 +400,7 @@ def _add_account(db, name, password_hash, now):
     return name
 
 
+@_reading
 def _account(db, name):
     return db.execute(
         "SELECT name, password_hash FROM accounts WHERE name = ?", (name,)
@@ -405,6 +415,7 @@ def _add_session(db, token_hash, account, now):
     )
 
 
+@_reading
 def _session_account(db, token_hash):
     return db.execute(
         "SELECT account, last_used FROM sessions WHERE token_hash = ?", (token_hash,)
@@ -487,12 +498,14 @@ def _check_quota(db, recipient, size, quotas):
         )
 
 
+@_reading
 def _count(db, account):
     return db.execute(
         "SELECT count(*) FROM messages WHERE recipient = ?", (account,)
     ).fetchone()[0]
 
 
+@_reading
 def _headers(db, account, sender):
     query = "SELECT id, sender, created, subject FROM messages WHERE recipient = ?"
     parameters = [account]
@@ -503,6 +516,7 @@ def _headers(db, account, sender):
     return [Message(*row) for row in rows]
 
 
+@_reading
 def _message(db, account, message_id):
     query = "SELECT id, sender, created, subject, body FROM messages WHERE recipient = ?"
     if message_id is None:
@@ -528,6 +542,7 @@ def _delete_subject(db, account, subject):
     ).rowcount
 
 
+@_reading
 def _summary(db):
     def one(query):
         return db.execute(query).fetchone()

@@ -393,3 +393,14 @@ def test_output_and_a_slow_reply_hold_reading_together(held):
     assert wire.protocol.paused
     wire.protocol.release("reply")
     assert not wire.protocol.paused
+
+
+def test_a_client_gone_in_the_middle_of_a_send_leaves_nothing(wire, service, mail_factory):
+    cookie = login(wire, "bob")
+    wire("MESSAGE staged, not sent")
+    wire.feed("SEND bob half\r\nfirst line\r\nsecond li")
+    wire.protocol.connectionLost(None)
+    other = Wire(mail_factory)
+    assert other("COUNT " + cookie) == ["COUNTED 0"]
+    summary = service.storage.summary().result
+    assert (summary["messages"], summary["staged"]) == (0, 1)

@@ -171,3 +171,60 @@ async def test_a_database_deleted_under_the_server_is_not_made_again_empty(path)
         assert not os.path.exists(path)
     finally:
         await within(storage.stop())
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        # A full disk: the database may not grow by a page.
+        "PRAGMA max_page_count = 1",
+        # A read-only database.
+        "PRAGMA query_only = ON",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_storage_faults_are_refused_cleanly_and_recovered_from(path, breakage):
+    from twisted.internet import reactor
+
+    from mailsvc.passwords import Passwords
+    from mailsvc.service import SharedService
+
+    broken = {"on": False}
+
+    def connect_to_the_disk():
+        db = connect(path, create=False)
+        if broken["on"]:
+            db.execute(breakage)
+        return db
+
+    def start():
+        service = SharedService(
+            SQLiteStorage(GroupCommitExecutor(connect_to_the_disk, reactor)),
+            Passwords.inline(),
+            reactor,
+        )
+        service.startService()
+        return service
+
+    connect(path).close()
+    service = start()
+    cookie = await within(service.register("bob", "pw"))
+    await within(service.send(cookie, "bob", "before", "x"))
+    await within(service.stopService())
+    # The disk fills up (or turns read-only) while the server is down.
+    broken["on"] = True
+    service = start()
+    try:
+        with pytest.raises(errors.StorageUnavailable):
+            await within(service.send(cookie, "bob", "refused", "x" * 10000))
+        # Nothing half-written, and reads still work.
+        assert [m.subject for m in await within(service.list(cookie))] == ["before"]
+        # The storage recovers when the disk does: the failed request's
+        # connection was closed, and the next one is made afresh.
+        broken["on"] = False
+        with pytest.raises(errors.StorageUnavailable):
+            await within(service.send(cookie, "bob", "refused", "x" * 10000))
+        assert await within(service.send(cookie, "bob", "after", "y")) > 0
+        assert [m.subject for m in await within(service.list(cookie))] == ["before", "after"]
+    finally:
+        await within(service.stopService())
