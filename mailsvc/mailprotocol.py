@@ -66,10 +66,10 @@ def _message_id(word, syntax):
     if not word.isdigit() or not word.isascii():
         raise Usage(syntax)
     # Compare lengths first: int() refuses strings of thousands of digits.
-    digits = word.lstrip("0")
-    if len(digits) > len(str(MAX_MESSAGE_ID)) or int(word) > MAX_MESSAGE_ID:
+    digits = word.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_MESSAGE_ID)) or int(digits) > MAX_MESSAGE_ID:
         raise errors.NoSuchMessage("no such message: %s" % (word[:40],))
-    return int(word)
+    return int(digits)
 
 
 class _Body:

@@ -348,6 +348,7 @@ def cli(*args, password="pw", stdin=""):
 def test_twistd_serves_tls_and_the_cli_speaks_it(tls_server, identity, stranger):
     port, roots = tls_server.port, identity.roots
     # Only the TLS ports listen: the harness's tcp:0 ones were overridden.
+    tls_server.chat_port  # waits for the chat port's "starting on" too
     assert set(tls_server.ports) == {"MailFactory", "ChatFactory"}
     assert not any(" starting on " in l and "(TLS)" not in l for l in tls_server.log.lines)
     mail = ["--connect", verified(port, roots)]
