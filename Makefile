@@ -23,6 +23,7 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(ARGS)
+	cd examples/chatbot && ../../$(BIN)/python -m twisted.trial test_bot_trial
 
 clean:
 	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache

@@ -223,10 +223,11 @@ class SharedService(service.Service):
     def send(self, cookie, recipient, subject, body):
         """Deliver a message from the session's account; fire with its id."""
         return self._as(
-            cookie, lambda account: self._deliver(recipient, account, subject, body)
+            cookie, lambda account: self.deliver(recipient, account, subject, body)
         )
 
-    def _deliver(self, recipient, sender, subject, body):
+    def deliver(self, recipient, sender, subject, body):
+        """Put a message in a mailbox from C{sender}; fire with its id."""
         d = self.storage.deliver(recipient, sender, subject, body, self.clock.seconds())
         return d.addCallback(self._delivered, recipient, sender, subject)
 
@@ -327,7 +328,7 @@ class SharedService(service.Service):
                     % (nick,)
                 )
             )
-        d = self._deliver(
+        d = self.deliver(
             nick, sender.account, "Chat message from %s" % (sender.nick,), text
         )
 

@@ -8,6 +8,7 @@ storage, and the chat log is closed last.
 """
 
 import os
+from dataclasses import dataclass
 
 from twisted.application import service, strports
 from twisted.internet import defer, task
@@ -149,9 +150,46 @@ class GracefulShutdown(service.Service):
         )
 
 
-def makeService(config, reactor=None):
-    if reactor is None:
-        from twisted.internet import reactor
+class _RecordingEndpoint:
+    """A server endpoint that remembers the port it listens on."""
+
+    def __init__(self, endpoint):
+        self.endpoint = endpoint
+        self.port = defer.Deferred()
+
+    def listen(self, factory):
+        def listening(port):
+            self.port.callback(port)
+            return port
+
+        def failed(failure):
+            self.port.errback(failure)
+            return failure
+
+        return self.endpoint.listen(factory).addCallbacks(listening, failed)
+
+
+def _listener(description, factory, reactor):
+    # strports: a port that cannot be had fails twistd at once, loudly.
+    listener = strports.service(description, factory, reactor=reactor)
+    listener.endpoint = _RecordingEndpoint(listener.endpoint)
+    return listener
+
+
+@dataclass
+class Assembly:
+    """The parts of one mailsvc process, for twistd and for mailsvc.testing."""
+
+    top: service.MultiService
+    shared: SharedService
+    mail: MailFactory
+    chat: ChatFactory
+    # Fires with (mail port, chat port) once both listen.
+    listening: defer.Deferred
+
+
+def assemble(config, reactor, hasher=None):
+    """Build the service tree from parsed L{Options}; nothing is started."""
     top = OneByOne()
     open(config["chat-log"], "a").close()  # an unwritable log fails now, loudly
     chat_log = ChatLog(config["chat-log"], reactor)
@@ -163,7 +201,7 @@ def makeService(config, reactor=None):
     )
     shared = SharedService(
         SQLiteStorage.open(config["db"], reactor, quotas),
-        Passwords.threaded(reactor),
+        Passwords.threaded(reactor, hasher=hasher),
         reactor,
         ChatRoom(chat_log, history=config["history"]),
         session_ttl=config["session-ttl"],
@@ -188,6 +226,19 @@ def makeService(config, reactor=None):
         **limits,
     )
     GracefulShutdown(chat, mail, config["shutdown-grace"], reactor).setServiceParent(top)
-    strports.service(config["port"], mail).setServiceParent(top)
-    strports.service(config["chat-port"], chat).setServiceParent(top)
-    return top
+    listeners = [
+        _listener(config["port"], mail, reactor),
+        _listener(config["chat-port"], chat, reactor),
+    ]
+    for listener in listeners:
+        listener.setServiceParent(top)
+    listening = defer.gatherResults(
+        [listener.endpoint.port for listener in listeners], consumeErrors=True
+    )
+    return Assembly(top, shared, mail, chat, listening)
+
+
+def makeService(config, reactor=None):
+    if reactor is None:
+        from twisted.internet import reactor
+    return assemble(config, reactor).top

@@ -70,8 +70,8 @@ def port_of(address):
 
 
 @pytest_twisted.ensureDeferred
-async def test_one_shot_commands(running):
-    mail = ["--connect", running.mail]
+async def test_one_shot_commands(mailsvc_server):
+    mail = ["--connect", mailsvc_server.mail]
     assert await run("register", "--user", "bob", *mail) == ("registered bob\n", "", 0)
     await run("register", "--user", "alice", *mail)
     out, err, status = await run(
@@ -80,7 +80,7 @@ async def test_one_shot_commands(running):
     assert (out, err, status) == ("sent message 1 to bob\n", "", 0)
     assert await run("count", "--user", "bob", *mail) == ("1\n", "", 0)
     out, _, _ = await run("list", "--user", "bob", "--host", "127.0.0.1", "--port",
-                          port_of(running.mail))
+                          port_of(mailsvc_server.mail))
     assert "alice" in out and "Hello Bob" in out and out.endswith("1 message\n")
     out, _, status = await run("read", "--user", "bob", *mail, "1")
     assert status == 0 and out.splitlines()[-2:] == ["one", ".two"]
@@ -89,8 +89,8 @@ async def test_one_shot_commands(running):
 
 
 @pytest_twisted.ensureDeferred
-async def test_one_shot_failures(running):
-    mail = ["--connect", running.mail]
+async def test_one_shot_failures(mailsvc_server):
+    mail = ["--connect", mailsvc_server.mail]
     await run("register", "--user", "alice", *mail)
     out, err, status = await run("send", "--user", "alice", *mail, "nobody", "x", stdin="")
     assert (out, status) == ("", 1) and err == "mailsvc-client: no such user: nobody\n"
@@ -107,8 +107,8 @@ async def test_one_shot_failures(running):
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_interactive_mail_session(running):
-    mail = ["--connect", running.mail]
+async def test_an_interactive_mail_session(mailsvc_server):
+    mail = ["--connect", mailsvc_server.mail]
     await run("register", "--user", "alice", *mail)
     session = "\n".join([
         "register", "bob", "pw",
@@ -133,12 +133,12 @@ async def test_an_interactive_mail_session(running):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_chat_session_through_stdin(running):
+async def test_a_chat_session_through_stdin(mailsvc_server):
     from twisted.internet import reactor
 
-    carol = await within(mc.connect_chat(reactor, running.chat, "carol"))
+    carol = await within(mc.connect_chat(reactor, mailsvc_server.chat, "carol"))
     events = carol.events().__aiter__()
-    captured, process = start("chat", "--connect", running.chat, "--nick", "carol")
+    captured, process = start("chat", "--connect", mailsvc_server.chat, "--nick", "carol")
     await captured.printed("nickname: ")
     process.write(b"dave\n")
     await captured.printed("Joined as dave.")
@@ -150,7 +150,7 @@ async def test_a_chat_session_through_stdin(running):
     private = await within(events.__anext__())
     assert (said.nick, said.text) == ("dave", "hello carol")
     assert (private.kind, private.text) == ("private", "psst")
-    running.chat_factory.announce_shutdown(5)
+    mailsvc_server.chat_factory.announce_shutdown(5)
     await captured.printed("shutting down in 5 seconds")
     assert (await within(events.__anext__())).kind == "shutdown"
     process.closeStdin()  # end of input: BYE
@@ -163,30 +163,30 @@ async def test_a_chat_session_through_stdin(running):
 
 
 @pytest_twisted.ensureDeferred
-async def test_python_dash_m_runs_the_same_command(running):
-    await run("register", "--user", "bob", "--connect", running.mail)
+async def test_python_dash_m_runs_the_same_command(mailsvc_server):
+    await run("register", "--user", "bob", "--connect", mailsvc_server.mail)
     out, err, status = await run(
-        "count", "--user", "bob", "--connect", running.mail,
+        "count", "--user", "bob", "--connect", mailsvc_server.mail,
         command=(sys.executable, "-m", "mailsvc.client"),
     )
     assert (out, err, status) == ("0\n", "", 0)
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_bad_address_is_a_usage_error(running):
+async def test_a_bad_address_is_a_usage_error(mailsvc_server):
     out, err, status = await run("count", "--user", "bob", "--connect", "bogus:thing")
     assert (out, status) == ("", 2) and err.startswith("mailsvc-client: bad address bogus:thing")
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_shell_says_so_when_the_server_closes(running):
+async def test_the_shell_says_so_when_the_server_closes(mailsvc_server):
     from twisted.internet import reactor
 
-    await run("register", "--user", "erin", "--connect", running.mail)
-    captured, process = start("mail", "--connect", running.mail)
+    await run("register", "--user", "erin", "--connect", mailsvc_server.mail)
+    captured, process = start("mail", "--connect", mailsvc_server.mail)
     process.write(b"l\nerin\npw\n")
     await captured.printed("Logged in as erin.")
-    await within(running.mail_factory.closeAll(reactor))
+    await within(mailsvc_server.mail_factory.closeAll(reactor))
     process.write(b"count\n")
     out, err, status = await within(captured.ended)
     assert status == 0 and err == ""

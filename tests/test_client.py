@@ -9,16 +9,16 @@ from mailsvc import client as mc
 from mailsvc.mailprotocol import MailFactory, MailProtocol
 
 
-async def mail_client(running, **options):
+async def mail_client(mailsvc_server, **options):
     from twisted.internet import reactor
 
-    return await within(mc.connect_mail(reactor, running.mail, **options))
+    return await within(mc.connect_mail(reactor, mailsvc_server.mail, **options))
 
 
-async def chat_client(running, nick, **options):
+async def chat_client(mailsvc_server, nick, **options):
     from twisted.internet import reactor
 
-    return await within(mc.connect_chat(reactor, running.chat, nick, **options))
+    return await within(mc.connect_chat(reactor, mailsvc_server.chat, nick, **options))
 
 
 async def closed(*clients):
@@ -28,9 +28,9 @@ async def closed(*clients):
 
 
 @pytest_twisted.ensureDeferred
-async def test_every_mail_command(running):
-    alice = await mail_client(running)
-    bob = await mail_client(running)
+async def test_every_mail_command(mailsvc_server):
+    alice = await mail_client(mailsvc_server)
+    bob = await mail_client(mailsvc_server)
     cookie = await within(alice.register("alice", "pw"))
     assert alice.cookie == cookie and len(cookie) == 43
     await within(bob.register("bob", "pw"))
@@ -69,8 +69,8 @@ async def test_every_mail_command(running):
 
 
 @pytest_twisted.ensureDeferred
-async def test_pipelined_calls_fire_in_order(running):
-    c = await mail_client(running)
+async def test_pipelined_calls_fire_in_order(mailsvc_server):
+    c = await mail_client(mailsvc_server)
     order = []
     calls = [c.register("pipe", "pw")]
     calls += [c.send("pipe", "s%d" % i, "b%d" % i) for i in range(20)]
@@ -97,11 +97,11 @@ class Corrupting(MailProtocol):
 
 
 @pytest.fixture
-def corrupting(running):
+def corrupting(mailsvc_server):
     from twisted.internet import reactor
     from twisted.internet.endpoints import TCP4ServerEndpoint
 
-    factory = MailFactory(running.service)
+    factory = MailFactory(mailsvc_server.service)
     factory.protocol = Corrupting
     port = pytest_twisted.blockon(
         TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
@@ -127,13 +127,13 @@ async def test_checksum_retries_up_to_three_sends(corrupting):
 
 
 @pytest_twisted.ensureDeferred
-async def test_chat_features(running):
-    await within(running.service.register("alice", "pw"))
-    await within(running.service.register("bob", "pw"))
-    alice = await chat_client(running, "alice", password="pw")
+async def test_chat_features(mailsvc_server):
+    await within(mailsvc_server.service.register("alice", "pw"))
+    await within(mailsvc_server.service.register("bob", "pw"))
+    alice = await chat_client(mailsvc_server, "alice", password="pw")
     alice.say("before carol came")
     carol_events = []
-    carol = await chat_client(running, "carol", on_event=carol_events.append)
+    carol = await chat_client(mailsvc_server, "carol", on_event=carol_events.append)
     events = alice.events().__aiter__()
     joined = await within(events.__anext__())
     assert joined == mc.ChatEvent("notice", "carol joined")
@@ -147,7 +147,7 @@ async def test_chat_features(running):
     alice.msg("bob", "offline note")
     stored = await within(events.__anext__())
     assert stored.kind == "notice" and "in their mailbox" in stored.text
-    bob_mail = await mail_client(running)
+    bob_mail = await mail_client(mailsvc_server)
     await within(bob_mail.login("bob", "pw"))
     [note] = await within(bob_mail.list())
     assert note.subject == "Chat message from alice"
@@ -162,18 +162,18 @@ async def test_chat_features(running):
 
 
 @pytest_twisted.ensureDeferred
-async def test_retry_callback_offers_another_nick(running):
-    first = await chat_client(running, "dave")
+async def test_retry_callback_offers_another_nick(mailsvc_server):
+    first = await chat_client(mailsvc_server, "dave")
     reasons = []
 
     def another(reason):
         reasons.append(reason)
         return "dave2"
 
-    second = await chat_client(running, "dave", on_retry=another)
+    second = await chat_client(mailsvc_server, "dave", on_retry=another)
     assert second.nick == "dave2" and reasons == ["nickname in use"]
     with pytest.raises(mc.NickRefused):
-        await chat_client(running, "dave")
+        await chat_client(mailsvc_server, "dave")
     await closed(first, second)
 
 
@@ -189,13 +189,13 @@ def test_parse_chat_lines():
 
 
 @pytest_twisted.ensureDeferred
-async def test_server_connections_set_tcp_nodelay(running):
+async def test_server_connections_set_tcp_nodelay(mailsvc_server):
     import socket
 
-    c = await mail_client(running)
-    chat = await chat_client(running, "nodelay")
+    c = await mail_client(mailsvc_server)
+    chat = await chat_client(mailsvc_server, "nodelay")
     await within(c.help())
-    for factory in (running.mail_factory, running.chat_factory):
+    for factory in (mailsvc_server.mail_factory, mailsvc_server.chat_factory):
         [connection] = factory.connections
         handle = connection.transport.getHandle()
         assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
@@ -203,10 +203,10 @@ async def test_server_connections_set_tcp_nodelay(running):
 
 
 @pytest_twisted.ensureDeferred
-async def test_misuse_fails_at_once_instead_of_hanging(running):
+async def test_misuse_fails_at_once_instead_of_hanging(mailsvc_server):
     from twisted.internet.error import ConnectionDone
 
-    c = await mail_client(running)
+    c = await mail_client(mailsvc_server)
     await within(c.register("carl", "pw"))
     with pytest.raises(ValueError, match="one line"):
         await within(c.message("hello\nDELMSG"))
@@ -221,13 +221,13 @@ async def test_misuse_fails_at_once_instead_of_hanging(running):
 
 
 @pytest_twisted.ensureDeferred
-async def test_one_shot_commands_leave_no_session_behind(running):
+async def test_one_shot_commands_leave_no_session_behind(mailsvc_server):
     from test_cli import run
 
-    await within(running.service.register("dora", "pw"))
-    sessions_before = await within(running.service.storage.summary())
+    await within(mailsvc_server.service.register("dora", "pw"))
+    sessions_before = await within(mailsvc_server.service.storage.summary())
     for args in (["count"], ["list"]):
-        _, _, status = await run(*args, "--user", "dora", "--connect", running.mail)
+        _, _, status = await run(*args, "--user", "dora", "--connect", mailsvc_server.mail)
         assert status == 0
-    summary = await within(running.service.storage.summary())
+    summary = await within(mailsvc_server.service.storage.summary())
     assert summary["sessions"] == sessions_before["sessions"]

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from mailsvc.mailprotocol import HELP
-from server import (
+from mailsvc.testing.process import (
     START_TIMEOUT,
     STOP_TIMEOUT,
     TWISTD,
@@ -369,8 +369,8 @@ GRACE = ["--shutdown-grace", "1"]
 CLEAN_EXIT = (0, -signal.SIGTERM)
 
 
-def test_a_restart_keeps_accounts_sessions_and_mail(launch):
-    first = launch(*GRACE)
+def test_a_restart_keeps_accounts_sessions_and_mail(mailsvc_process):
+    first = mailsvc_process(*GRACE)
     with first.connect() as c:
         alice = cookie_of(c("REGISTER alice s3cret"))
         bob = cookie_of(c("REGISTER bob hunter2"))
@@ -386,7 +386,7 @@ def test_a_restart_keeps_accounts_sessions_and_mail(launch):
     idle.close()
     assert first.log.wait_for(r"Server Shut Down", 0) is not None
 
-    second = launch(*GRACE)
+    second = mailsvc_process(*GRACE)
     with second.connect() as c:
         assert c("REGISTER alice other") == ["KO user name already taken"]
         # Both sessions outlive the restart; the one logged out stays out.
@@ -416,8 +416,8 @@ KILL_AFTER = 150  # acknowledgements before the kill
 BURST_DEADLINE = 20  # seconds, a bound that a healthy run stays far below
 
 
-def test_kill_9_loses_no_acknowledged_mail(launch):
-    server = launch()
+def test_kill_9_loses_no_acknowledged_mail(mailsvc_process):
+    server = mailsvc_process()
     with server.connect() as c:
         cookie = cookie_of(c("REGISTER alice pw"))
 
@@ -476,7 +476,7 @@ def test_kill_9_loses_no_acknowledged_mail(launch):
     in_flight = sum(len(p) for p in pending.values())
     assert killed and in_flight > 0, "the kill came after the burst, not during it"
 
-    again = launch()
+    again = mailsvc_process()
     with again.connect() as c:
         assert c("LOGIN alice pw")[0].startswith("OK ")
         listing = c("LIST")

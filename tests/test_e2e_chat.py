@@ -19,7 +19,7 @@ import time
 import pytest
 
 from mailsvc.chatprotocol import HELP
-from server import SOCKET_TIMEOUT, STOP_TIMEOUT
+from mailsvc.testing.process import SOCKET_TIMEOUT, STOP_TIMEOUT
 
 pytestmark = pytest.mark.e2e
 
@@ -232,8 +232,8 @@ def test_a_client_that_vanishes_is_removed_and_its_nick_freed(server):
 FAST = ("--flood-rate", 1e6, "--flood-burst", 100000)
 
 
-def test_a_newcomer_gets_the_recent_history(launch):
-    server = launch(*FAST)
+def test_a_newcomer_gets_the_recent_history(mailsvc_process):
+    server = mailsvc_process(*FAST)
     alice = join(server, "alice")
     carol = join(server, "carol")
     assert alice.line() == "* carol joined"
@@ -260,7 +260,7 @@ def test_a_newcomer_gets_the_recent_history(launch):
         c.close()
 
     # --history 0: none.
-    quiet = launch("--history", 0, fresh=True)
+    quiet = mailsvc_process("--history", 0, fresh=True)
     alice = join(quiet, "alice")
     alice.send("hello\n")
     who(alice, "alice")
@@ -274,8 +274,8 @@ def test_a_newcomer_gets_the_recent_history(launch):
 # 5. A graceful shutdown.
 
 
-def test_sigterm_warns_the_chat_keeps_it_working_then_closes_everything(launch):
-    server = launch("--shutdown-grace", GRACE)
+def test_sigterm_warns_the_chat_keeps_it_working_then_closes_everything(mailsvc_process):
+    server = mailsvc_process("--shutdown-grace", GRACE)
     alice = join(server, "alice")
     bob = join(server, "bob")
     carol = join(server, "carol")
@@ -325,10 +325,10 @@ def test_sigterm_warns_the_chat_keeps_it_working_then_closes_everything(launch):
 # 6. The chat log.
 
 
-def test_the_chat_log_records_joins_messages_and_leaves(launch, tmp_path):
+def test_the_chat_log_records_joins_messages_and_leaves(mailsvc_process, tmp_path):
     path = tmp_path / "chat-record.log"
     began = datetime.datetime.now(datetime.timezone.utc)
-    server = launch("--chat-log", path, "--shutdown-grace", 1)
+    server = mailsvc_process("--chat-log", path, "--shutdown-grace", 1)
     peers = {}
 
     def logged_join(nick):
@@ -502,8 +502,8 @@ def flood_line(n):
     return head + "x" * (LINE_BYTES - len(head))
 
 
-def test_a_client_that_never_reads_is_dropped_and_memory_stays_flat(launch):
-    server = launch("--max-sendq", MAX_SENDQ, *FAST)
+def test_a_client_that_never_reads_is_dropped_and_memory_stays_flat(mailsvc_process):
+    server = mailsvc_process("--max-sendq", MAX_SENDQ, *FAST)
     stalled = join(server, "stalled", rcvbuf=4096)
     reader = join(server, "reader")
     flood = join(server, "flood")

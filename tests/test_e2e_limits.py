@@ -3,13 +3,13 @@ the connection (where it is kept) and the server still usable."""
 
 import pytest
 
-from server import Client
+from mailsvc.testing.process import Client
 
 pytestmark = pytest.mark.e2e
 
 
-def test_limits_end_to_end(launch):
-    server = launch(
+def test_limits_end_to_end(mailsvc_process):
+    server = mailsvc_process(
         "--max-per-peer", 3, "--idle-timeout", 1, "--quota-messages", 2,
         "--max-line", 100, "--max-body", 50, "--max-staged", 1,
     )
@@ -52,8 +52,8 @@ def test_brute_force_is_locked_out_end_to_end(server):
     assert "-Pass-" not in server.log.text()
 
 
-def test_chat_flood_is_warned_then_cut_off_end_to_end(launch):
-    server = launch("--flood-rate", 1, "--flood-burst", 5)
+def test_chat_flood_is_warned_then_cut_off_end_to_end(mailsvc_process):
+    server = mailsvc_process("--flood-rate", 1, "--flood-burst", 5)
     with Client(server.chat_port) as flooder, Client(server.chat_port) as reader:
         for client, nick in ((flooder, "flooder"), (reader, "reader")):
             assert client.line() == "HELLO"

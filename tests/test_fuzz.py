@@ -33,7 +33,7 @@ from mailsvc.mailprotocol import HELP, MailFactory, MailProtocol
 from mailsvc.passwords import Passwords
 from mailsvc.service import SharedService
 from mailsvc.storage import SQLiteStorage
-from server import MULTILINE, SOCKET_TIMEOUT
+from mailsvc.testing.process import MULTILINE, SOCKET_TIMEOUT
 from wire import Wire
 
 # Hypothesis caches what it learns even without an example database: not in

@@ -60,8 +60,8 @@ async def connect(port):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_piped_file_then_half_close_gets_every_reply(running):
-    client = await connect(running.mail_port.getHost().port)
+async def test_a_piped_file_then_half_close_gets_every_reply(mailsvc_server):
+    client = await connect(mailsvc_server.mail_port)
     requests = ["REGISTER alice pw"] + ["MESSAGE m%d" % i for i in range(50)]
     requests += ["STORE alice"] * 50 + ["COUNT", "GETMSG", "LIST"]
     client.request(*requests)
@@ -76,8 +76,8 @@ async def test_a_piped_file_then_half_close_gets_every_reply(running):
 
 
 @pytest_twisted.ensureDeferred
-async def test_fifty_concurrent_senders_are_all_acknowledged(running):
-    port = running.mail_port.getHost().port
+async def test_fifty_concurrent_senders_are_all_acknowledged(mailsvc_server):
+    port = mailsvc_server.mail_port
     owner = await connect(port)
     owner.request("REGISTER bob pw")
     [reply] = await owner.linesReceived(1)

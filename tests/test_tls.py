@@ -1,7 +1,7 @@
 """
 TLS on both ports, with a certificate made on the fly (certs.py).
 
-In process: the C{running} fixture's service and factories also listen on
+In process: the C{mailsvc_server} fixture's service and factories also listen on
 C{ssl:} server endpoints, and the real client library connects with C{ssl:}
 and C{tls:} client endpoint descriptions. End to end: C{twistd -n mailsvc}
 with C{--port ssl:...} and C{--chat-port ssl:...}, and the real CLI.
@@ -39,7 +39,7 @@ from twisted.internet.endpoints import quoteStringArgument
 from certs import self_signed
 from conftest import within
 from mailsvc import client as mc
-from server import (
+from mailsvc.testing.process import (
     SOCKET_TIMEOUT,
     Client,
 )
@@ -89,8 +89,8 @@ def tls(port, roots=None, host="localhost"):
 
 
 class TLSPorts:
-    def __init__(self, running, identity, mail_port, chat_port):
-        self.running = running
+    def __init__(self, mailsvc_server, identity, mail_port, chat_port):
+        self.running = mailsvc_server
         self.identity = identity
         self.mail_port = mail_port
         self.chat_port = chat_port
@@ -105,20 +105,20 @@ class TLSPorts:
 
 
 @pytest.fixture
-def secure(running, identity):
+def secure(mailsvc_server, identity):
     """
-    The C{running} fixture's factories, listening over TLS too (each on a
+    The C{mailsvc_server} fixture's factories, listening over TLS too (each on a
     port of its own, 127.0.0.1, port 0). Teardown stops these ports; the
-    C{running} fixture's then closes every connection and stops the service.
+    C{mailsvc_server} fixture's then closes every connection and stops the service.
     """
     from twisted.internet import reactor
     from twisted.internet.endpoints import serverFromString
 
     ports = []
-    for factory in (running.mail_factory, running.chat_factory):
+    for factory in (mailsvc_server.mail_factory, mailsvc_server.chat_factory):
         endpoint = serverFromString(reactor, listening(identity))
         ports.append(pytest_twisted.blockon(within(endpoint.listen(factory))))
-    yield TLSPorts(running, identity, *(p.getHost().port for p in ports))
+    yield TLSPorts(mailsvc_server, identity, *(p.getHost().port for p in ports))
     for port in ports:
         pytest_twisted.blockon(within(defer.maybeDeferred(port.stopListening)))
 
@@ -220,10 +220,10 @@ async def test_the_server_closes_tls_connections(secure):
     mail = await within(mc.connect_mail(reactor, secure.mail))
     await within(mail.login("quitter", "pw"))
     chat = await within(mc.connect_chat(reactor, secure.chat, "carol"))
-    running = secure.running
+    mailsvc_server = secure.running
     await within(
         defer.gatherResults(
-            [running.mail_factory.closeAll(reactor), running.chat_factory.closeAll(reactor)]
+            [mailsvc_server.mail_factory.closeAll(reactor), mailsvc_server.chat_factory.closeAll(reactor)]
         ),
         4,
     )
@@ -239,14 +239,14 @@ def silent_tls_client(port, identity):
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_idle_tls_client_that_never_answers_is_dropped(running, identity):
+async def test_an_idle_tls_client_that_never_answers_is_dropped(mailsvc_server, identity):
     from twisted.internet import reactor, task, threads
     from twisted.internet.endpoints import serverFromString
 
     from mailsvc.mailprotocol import MailFactory
 
     clock = task.Clock()
-    factory = MailFactory(running.service, clock=clock, idle_timeout=10)
+    factory = MailFactory(mailsvc_server.service, clock=clock, idle_timeout=10)
     port = await within(serverFromString(reactor, listening(identity)).listen(factory))
     sock = await within(
         threads.deferToThread(silent_tls_client, port.getHost().port, identity)
@@ -322,13 +322,13 @@ def test_ssl_client_descriptions_have_no_trust_roots():
 
 
 @pytest.fixture
-def tls_server(launch, identity):
+def tls_server(mailsvc_process, identity):
     """
     C{twistd -n mailsvc} with both ports on TLS: the harness's own
     C{--port tcp:0...} and C{--chat-port tcp:0...} come first, and twistd
     takes the last value given for an option.
     """
-    return launch("--port", listening(identity), "--chat-port", listening(identity))
+    return mailsvc_process("--port", listening(identity), "--chat-port", listening(identity))
 
 
 def cli(*args, password="pw", stdin=""):

@@ -1,6 +1,8 @@
 """
-Run C{twistd -n mailsvc} as a subprocess and talk to it over plain sockets, as
-netcat would: for the end-to-end tests in test_e2e.py.
+Black-box tests: run C{twistd -n mailsvc} as a subprocess on free ports, wait
+until it listens, talk to it over plain sockets as netcat would, stop it and
+collect its log (L{TwistdServer}, L{Client}; the C{mailsvc_process} pytest
+fixture starts them).
 
 Every blocking wait here has a deadline: the server's log is read by a thread
 and waited on with a Condition, sockets have timeouts, processes are waited on
@@ -63,7 +65,7 @@ def twistd_command(*, daemon=False, pidfile=None, logfile="-", db, extra=()):
 class ServerLog:
     """
     The lines a server writes to its stdout, read by a thread so the pipe never
-    fills, and kept for assertions and for L{Server.close} to print.
+    fills, and kept for assertions and for L{TwistdServer.close} to print.
     """
 
     def __init__(self, stream, prefix):
@@ -115,7 +117,7 @@ class ServerLog:
             return "\n".join(self.lines)
 
 
-class Server:
+class TwistdServer:
     """
     One C{twistd -n mailsvc} in C{directory} (its cwd), on database C{db}.
 
@@ -132,8 +134,8 @@ class Server:
         self.process = None
         self.log = None
         self.ports = {}
-        Server._count += 1
-        self.name = "[twistd %d]" % (Server._count,)
+        TwistdServer._count += 1
+        self.name = "[twistd %d]" % (TwistdServer._count,)
 
     def start(self, timeout=START_TIMEOUT):
         self.process = subprocess.Popen(

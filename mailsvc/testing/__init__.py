@@ -1,0 +1,183 @@
+"""
+A real mailsvc inside other projects' tests.
+
+    server = yield start_server()            # both ports on 127.0.0.1, port 0
+    yield server.add_user("alice", "secret")
+    client = yield server.connect_mail(user="alice", password="secret")
+    ...
+    yield server.stop()                      # every connection closed
+
+L{start_server} runs the same service tree as C{twistd mailsvc}, in the test's
+own reactor, on a temporary SQLite database, with cheap password hashing. The
+pytest plugin (L{mailsvc.testing.pytest_plugin}) and the trial mixin
+(L{mailsvc.testing.trial.MailsvcTestCase}) are built on it; for black-box tests
+of the real process there is L{mailsvc.testing.process}.
+"""
+
+import os
+import shutil
+import tempfile
+
+from twisted.internet import defer
+
+from mailsvc import client as mailsvc_client
+from mailsvc.errors import NameTaken
+from mailsvc.passwords import cheap_hasher
+from mailsvc.tap import Options, assemble
+
+LOCAL = "tcp:0:interface=127.0.0.1"
+
+# What a test server changes from twistd's defaults: tests run fast, and
+# often from one address.
+TEST_DEFAULTS = {
+    "shutdown-grace": 0,
+    "max-per-peer": 10000,
+    "flood-rate": 1e6,
+    "flood-burst": 100000,
+}
+
+
+class MailsvcServer:
+    """
+    A running mailsvc: its addresses, its state, and L{stop}.
+
+    @ivar mail: the mail port's client endpoint description (C{tcp:127.0.0.1:N}).
+    @ivar chat: the chat port's.
+    @ivar mail_port: the mail port's number; C{chat_port} the chat port's.
+    @ivar db_path: the SQLite database file.
+    @ivar service: the L{mailsvc.service.SharedService}.
+    @ivar mail_factory: the mail port's factory (its C{connections}, say);
+        C{chat_factory} the chat port's.
+    """
+
+    def __init__(self, reactor, assembly, mail_port, chat_port, db_path, temporary):
+        self.reactor = reactor
+        self._assembly = assembly
+        self.service = assembly.shared
+        self.mail_factory = assembly.mail
+        self.chat_factory = assembly.chat
+        self.mail_port = mail_port.getHost().port
+        self.chat_port = chat_port.getHost().port
+        self.mail = "tcp:127.0.0.1:%d" % (self.mail_port,)
+        self.chat = "tcp:127.0.0.1:%d" % (self.chat_port,)
+        self.db_path = db_path
+        self._temporary = temporary
+        self._clients = []
+
+    # Clients
+
+    @defer.inlineCallbacks
+    def connect_mail(self, user=None, password=None, register=False, **options):
+        """
+        A connected L{mailsvc.client.MailClient}: logged in as C{user} (or
+        registered first, with C{register=True}) if one is given. It is closed
+        by L{stop}.
+        """
+        client = yield mailsvc_client.connect_mail(self.reactor, self.mail, **options)
+        self._clients.append(client)
+        if user is not None:
+            act = client.register if register else client.login
+            yield act(user, password)
+        return client
+
+    @defer.inlineCallbacks
+    def connect_chat(self, nick, password=None, **options):
+        """A L{mailsvc.client.ChatClient} that has joined as C{nick}."""
+        client = yield mailsvc_client.connect_chat(
+            self.reactor, self.chat, nick, password=password, **options
+        )
+        self._clients.append(client)
+        return client
+
+    # Seeding and inspecting state, without a client
+
+    def add_user(self, name, password):
+        """Register an account; fire with a session cookie for it."""
+        return self.service.register(name, password)
+
+    def ensure_user(self, name, password):
+        """Register an account unless it exists already."""
+        return self.add_user(name, password).addErrback(
+            lambda failure: failure.trap(NameTaken) and None
+        )
+
+    def deliver(self, to, sender, subject, body):
+        """Put a message in C{to}'s mailbox, as if C{sender} sent it; fire with its id."""
+        return self.service.deliver(to, sender, subject, body)
+
+    @defer.inlineCallbacks
+    def mailbox(self, name):
+        """Fire with C{name}'s messages, oldest first, with their bodies."""
+        storage = self.service.storage
+        headers = yield storage.headers(name)
+        messages = []
+        for header in headers:
+            messages.append((yield storage.message(name, header.id)))
+        return messages
+
+    def participants(self):
+        """The nicknames in the chat room now."""
+        return self.service.room.who()
+
+    # Stopping
+
+    @defer.inlineCallbacks
+    def stop(self):
+        """
+        Close every client this server handed out and every connection to it,
+        stop listening, stop the service; fire when all of that is done, so
+        that no dirty reactor is left behind.
+        """
+        for client in self._clients:
+            if client.transport is not None and client.transport.connected:
+                client.transport.loseConnection()
+        yield defer.gatherResults([c.closed for c in self._clients])
+        yield self._assembly.top.stopService()
+        if self._temporary is not None:
+            shutil.rmtree(self._temporary, ignore_errors=True)
+
+
+def _arguments(options):
+    """C{history=0, session_ttl=60} -> C{["--history", "0", "--session-ttl", "60"]}."""
+    arguments = []
+    for name, value in options.items():
+        arguments += ["--" + name.replace("_", "-"), str(value)]
+    return arguments
+
+
+@defer.inlineCallbacks
+def start_server(reactor=None, **options):
+    """
+    Start mailsvc on 127.0.0.1, both ports on port 0; fire with a
+    L{MailsvcServer}.
+
+    @param options: any option of C{twistd mailsvc}, with C{_} for C{-}
+        (C{history=0}, C{session_ttl=60}, C{db="/path/to.sqlite"}). By default
+        the database and chat log are in a new temporary directory, removed
+        by L{MailsvcServer.stop}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    temporary = None
+    if "db" not in options or "chat_log" not in options:
+        temporary = tempfile.mkdtemp(prefix="mailsvc-test-")
+        options.setdefault("db", os.path.join(temporary, "mailsvc.sqlite"))
+        options.setdefault("chat_log", os.path.join(temporary, "chat.log"))
+    settings = dict(TEST_DEFAULTS, port=LOCAL, chat_port=LOCAL)
+    settings.update({name.replace("_", "-"): value for name, value in options.items()})
+    config = Options()
+    config.parseOptions(_arguments(settings))
+    assembly = assemble(config, reactor, hasher=cheap_hasher())
+    top = assembly.top
+    try:
+        top.privilegedStartService()
+        top.startService()
+        mail_port, chat_port = yield assembly.listening
+    except Exception:
+        assembly.listening.addErrback(lambda failure: None)  # raised here instead
+        if top.running:
+            yield top.stopService()
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return MailsvcServer(reactor, assembly, mail_port, chat_port, config["db"], temporary)
