@@ -113,8 +113,8 @@ class ChatProtocol(TextLineProtocol):
         self._strikes += 1
         if self._strikes == 1:
             self.sendText(
-                "* error: you are sending too fast; slow down (at most %g lines a second)"
-                % (factory.flood_rate,)
+                "* error: you are sending too fast; slow down (at most %g line%s a second)"
+                % (factory.flood_rate, "" if factory.flood_rate == 1 else "s")
             )
         elif self._strikes > factory.flood_burst:
             self.log.warn("flooding: disconnecting {nick} ({peer})", nick=self.nick, peer=self.peer)
@@ -138,6 +138,11 @@ class ChatProtocol(TextLineProtocol):
 
     def idleTimeout(self):
         return self.factory.idle_timeout if self.ready else self.factory.nick_timeout
+
+    def lineResetsTimeout(self):
+        # --nick-timeout is a deadline: lines that are not a good NICK do not
+        # put it off.
+        return self.ready
 
     def refuse(self, failure):
         error = getattr(failure, "value", failure)

@@ -111,7 +111,8 @@ class TextLineProtocol(LineReceiver, TimeoutMixin):
         self.lineTooLong()
 
     def lineReceived(self, line):
-        self.resetTimeout()
+        if self.lineResetsTimeout():
+            self.resetTimeout()
         if line.endswith(b"\r"):
             line = line[:-1]
         if len(line) > self.LINE_LIMIT:
@@ -203,6 +204,10 @@ class TextLineProtocol(LineReceiver, TimeoutMixin):
     def idleTimeout(self):
         """Seconds of silence before the connection is closed, or None."""
         return self.factory.idle_timeout
+
+    def lineResetsTimeout(self):
+        """Whether a line received starts the idle timeout again."""
+        return True
 
     def timeoutConnection(self):
         self.sendText(self.refusal("idle timeout"))

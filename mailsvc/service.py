@@ -106,18 +106,25 @@ class SharedService(service.Service):
         it is an account's, since a user may type a password in its place.
         """
         name_key = name.lower()
-        self.name_throttle.check(name_key)
+        self.name_throttle.begin(name_key)
         if peer is not None:
-            self.peer_throttle.check(peer)
-        row = (yield self.storage.account(name)) if NAME.match(name) else None
-        account, password_hash = row or (None, None)
-        matched = yield self.passwords.verify(password_hash, password)
+            try:
+                self.peer_throttle.begin(peer)
+            except errors.TooManyFailures:
+                self.name_throttle.end(name_key, True, forgive=False)
+                raise
+        matched = None  # None: the check itself failed (storage), which counts for nothing
+        try:
+            row = (yield self.storage.account(name)) if NAME.match(name) else None
+            account, password_hash = row or (None, None)
+            matched = yield self.passwords.verify(password_hash, password)
+        finally:
+            counted = matched is not False
+            lockout = self.name_throttle.end(name_key, counted, forgive=bool(matched))
+            if peer is not None:
+                lockout = max(lockout, self.peer_throttle.end(peer, counted, forgive=False))
         if matched:
-            self.name_throttle.succeeded(name_key)
             return account
-        lockout = self.name_throttle.failed(name_key)
-        if peer is not None:
-            lockout = max(lockout, self.peer_throttle.failed(peer))
         self.log.warn(
             "failed {what} for {who} from {peer}{locked}",
             what=what,

@@ -1,7 +1,13 @@
 """
-Brute-force protection: failed attempts counted per key (a user name, a peer
-address). After C{free} failures in a row a key is locked out, for one second
-and then twice as long after each further failure, up to C{longest}.
+Brute-force protection: password attempts counted per key (a user name, a
+peer address).
+
+A key may have C{free} attempts that failed or are still being checked; past
+that it is locked out, for one second and then twice as long after each
+further failure, up to C{longest}. Attempts still being checked count, so
+guesses sent all at once meet the limit as surely as guesses sent one by one.
+A key whose last failure is older than C{forget_after} starts afresh, so that
+an address shared by many users is not punished for ever for old typos.
 """
 
 import math
@@ -9,44 +15,86 @@ import math
 from mailsvc import errors
 
 
+class _Record:
+    __slots__ = ("failures", "checking", "locked_until", "last_failure")
+
+    def __init__(self):
+        self.failures = 0
+        self.checking = 0
+        self.locked_until = 0.0
+        self.last_failure = 0.0
+
+
 class Throttle:
-    def __init__(self, clock, free=3, longest=300.0, capacity=100_000):
+    def __init__(self, clock, free=3, longest=300.0, forget_after=900.0, capacity=100_000):
         self.clock = clock
         self.free = free
         self.longest = longest
+        self.forget_after = forget_after
         self.capacity = capacity
-        self._failures = {}  # key -> [failures in a row, locked until]
+        self._records = {}
 
-    def check(self, key):
-        """Raise L{errors.TooManyFailures} while C{key} is locked out."""
-        entry = self._failures.get(key)
-        if entry is not None:
-            wait = entry[1] - self.clock.seconds()
+    def begin(self, key):
+        """
+        An attempt for C{key} starts; raise L{errors.TooManyFailures} if it
+        may not. Every begin is followed by one L{end}.
+        """
+        now = self.clock.seconds()
+        record = self._records.get(key)
+        if record is not None and now - record.last_failure > self.forget_after:
+            record.failures = 0
+        if record is not None:
+            wait = record.locked_until - now
             if wait > 0:
                 raise errors.TooManyFailures(
-                    "too many failed attempts: try again in %d seconds" % math.ceil(wait)
+                    "too many failed attempts: try again in %s" % (_seconds(wait),)
                 )
-
-    def failed(self, key):
-        """Count a failure; return the lockout it starts, in seconds, or 0."""
-        now = self.clock.seconds()
-        if len(self._failures) >= self.capacity:
+            if record.checking and record.failures + record.checking >= self.free:
+                # Past the free attempts (or a lockout just over), one at a time.
+                raise errors.TooManyFailures("too many attempts at once: try again later")
+        elif len(self._records) >= self.capacity:
             self._forget_old(now)
-        entry = self._failures.setdefault(key, [0, now])
-        entry[0] += 1
-        if entry[0] < self.free:
+        if record is None:
+            record = self._records[key] = _Record()
+        record.checking += 1
+
+    def end(self, key, succeeded, forgive=True):
+        """
+        The attempt for C{key} is over. A failure may start a lockout: return
+        its length in seconds, or 0. A success forgives earlier failures,
+        unless C{forgive} is false (an address: one good password says little
+        of the other guesses made from it).
+        """
+        record = self._records.get(key)
+        if record is None:
             return 0
-        lockout = min(2.0 ** (entry[0] - self.free), self.longest)
-        entry[1] = now + lockout
+        record.checking -= 1
+        if succeeded:
+            if forgive:
+                record.failures = 0
+            self._drop_if_clean(key, record)
+            return 0
+        now = self.clock.seconds()
+        record.failures += 1
+        record.last_failure = now
+        if record.failures < self.free:
+            return 0
+        lockout = min(2.0 ** (record.failures - self.free), self.longest)
+        record.locked_until = now + lockout
         return lockout
 
-    def succeeded(self, key):
-        self._failures.pop(key, None)
+    def _drop_if_clean(self, key, record):
+        if not record.failures and not record.checking:
+            del self._records[key]
 
     def _forget_old(self, now):
-        # A key whose lockout ended long ago is as good as new.
-        for key, (_, until) in list(self._failures.items()):
-            if until + self.longest < now:
-                del self._failures[key]
-        while len(self._failures) >= self.capacity:
-            del self._failures[next(iter(self._failures))]
+        for key, record in list(self._records.items()):
+            if not record.checking and now - record.last_failure > self.forget_after:
+                del self._records[key]
+        while len(self._records) >= self.capacity:
+            del self._records[next(iter(self._records))]
+
+
+def _seconds(wait):
+    seconds = math.ceil(wait)
+    return "1 second" if seconds == 1 else "%d seconds" % (seconds,)

@@ -111,6 +111,14 @@ def test_chat_nick_timeout_then_a_generous_one(service, clock):
     clock.advance(30)
     assert silent.replies() == ["HELLO", "* error: idle timeout"]
     assert silent.transport.disconnecting
+    # A deadline: lines that are not a good NICK do not put it off.
+    stalling = Wire(factory)
+    stalling.replies()
+    for _ in range(3):
+        clock.advance(9)
+        assert stalling("hello?") == ["RETRY send NICK <name> first"]
+    clock.advance(3)
+    assert stalling.replies() == ["* error: idle timeout"]
     ready = Wire(factory)
     ready.replies()
     clock.advance(29)
@@ -162,7 +170,7 @@ def test_failed_logins_are_throttled_by_name(service, clock, mail_factory):
         assert wire("LOGIN alice wrong") == ["KO wrong user name or password"]
     # Locked out: even the right password is not checked now.
     assert wire("LOGIN alice right") == [
-        "KO too many failed attempts: try again in 1 seconds"
+        "KO too many failed attempts: try again in 1 second"
     ]
     assert wire("LOGIN ALICE right")[0].startswith("KO too many failed attempts")
     clock.advance(1)
@@ -258,3 +266,58 @@ def test_limits_must_be_positive(option):
 
     with pytest.raises(usage.UsageError):
         Options().parseOptions(["--" + option, "0"])
+
+
+def test_guesses_sent_at_once_meet_the_limit(clock):
+    """Attempts still being checked count: a burst cannot outrun the throttle."""
+    from twisted.internet import defer
+
+    from mailsvc.passwords import Passwords
+
+    pending = []
+
+    def slow(f, *args):
+        d = defer.Deferred()
+        pending.append((d, f, args))
+        return d
+
+    service = SharedService(SQLiteStorage.inline(), Passwords(slow), clock)
+    service.startService()
+    wire = Wire(MailFactory(service, clock=clock))
+    others = [Wire(MailFactory(service, clock=clock)) for _ in range(5)]
+    replies = [line for other in others for line in other("LOGIN alice guess")]
+    assert len(pending) == 3  # only the free attempts are being checked
+    assert replies == ["KO too many attempts at once: try again later"] * 2
+    for d, f, args in pending:
+        d.callback(f(*args))
+    replies = [line for other in others for line in other.replies()]
+    assert replies == ["KO wrong user name or password"] * 3
+    assert wire("LOGIN alice guess")[0].startswith("KO too many failed attempts")
+    service.stopService()
+
+
+def test_an_address_is_forgiven_its_old_failures(service, clock, mail_factory):
+    login(Wire(mail_factory), "alice", "right")
+    wire = Wire(mail_factory)
+    # One typo a day, each followed by a good login, from one shared address.
+    for day in range(20):
+        assert wire("LOGIN alice wrong") == ["KO wrong user name or password"]
+        assert wire("LOGIN alice right")[0].startswith("OK "), day
+        clock.advance(24 * 3600)
+
+
+def test_a_storage_failure_during_login_is_not_a_failed_attempt(clock):
+    from twisted.internet import defer
+
+    from mailsvc import errors
+
+    service = limited_service(clock)
+    wire = Wire(MailFactory(service, clock=clock))
+    login(wire, "alice", "right")
+    real = service.storage.account
+    service.storage.account = lambda name: defer.fail(errors.StorageUnavailable())
+    for _ in range(5):
+        assert wire("LOGIN alice wrong") == ["KO storage unavailable"]
+    service.storage.account = real
+    assert wire("LOGIN alice right")[0].startswith("OK ")
+    service.stopService()
