@@ -1,6 +1,7 @@
 # Every target builds what it needs from a fresh clone: .venv, then the package.
+# PYTHON=pypy3 (or any other interpreter) gets a virtualenv of its own.
 PYTHON ?= python3
-VENV ?= .venv
+VENV ?= $(if $(filter python3,$(PYTHON)),.venv,.venv-$(notdir $(PYTHON)))
 BIN := $(VENV)/bin
 ARGS ?=
 
@@ -26,4 +27,4 @@ test: $(VENV)/.installed-test
 	cd examples/chatbot && ../../$(BIN)/python -m twisted.trial test_bot_trial
 
 clean:
-	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache
+	rm -rf .venv .venv-* build *.egg-info twisted/plugins/dropin.cache
