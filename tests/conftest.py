@@ -1,3 +1,4 @@
+import contextlib
 import gc
 
 import pytest
@@ -9,12 +10,9 @@ from mailsvc.service import SharedService
 from mailsvc.storage import SQLiteStorage
 
 
-@pytest.fixture(autouse=True)
-def logged_errors():
-    """
-    Fail the test if anything logged an error or a failure (pytest-twisted does
-    not). A test that provokes an error on purpose empties the list it yields.
-    """
+@contextlib.contextmanager
+def errors_logged():
+    """Collect, while the block runs, every logged error or failure."""
     seen = []
 
     def observe(event):
@@ -27,13 +25,25 @@ def logged_errors():
     globalLogPublisher.addObserver(observe)
     try:
         yield seen
-        gc.collect()  # so that an unhandled failure in a lost Deferred is logged now
     finally:
         globalLogPublisher.removeObserver(observe)
+
+
+def describe(events):
+    return "errors were logged:\n" + "\n".join(formatEvent(e) or repr(e) for e in events)
+
+
+@pytest.fixture(autouse=True)
+def logged_errors():
+    """
+    Fail the test if anything logged an error or a failure (pytest-twisted does
+    not). A test that provokes an error on purpose empties the list it yields.
+    """
+    with errors_logged() as seen:
+        yield seen
+        gc.collect()  # so that an unhandled failure in a lost Deferred is logged now
     if seen:
-        pytest.fail(
-            "errors were logged:\n" + "\n".join(formatEvent(e) or repr(e) for e in seen)
-        )
+        pytest.fail(describe(seen))
 
 
 def within(d, seconds=10):

@@ -25,9 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 
+from conftest import describe, errors_logged
 from mailsvc.chatprotocol import ChatFactory
 from mailsvc.mailprotocol import HELP, MailFactory, MailProtocol
 from mailsvc.passwords import Passwords
@@ -96,23 +97,9 @@ def no_errors_logged():
     or a failure while it ran. The autouse logged_errors fixture fails the test
     too, but only once all examples have run.
     """
-    seen = []
-
-    def observe(event):
-        if event.get("log_failure") is not None or event.get("log_level") in (
-            LogLevel.error,
-            LogLevel.critical,
-        ):
-            seen.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    try:
+    with errors_logged() as seen:
         yield
-    finally:
-        globalLogPublisher.removeObserver(observe)
-    assert not seen, "errors were logged:\n" + "\n".join(
-        formatEvent(e) or repr(e) for e in seen
-    )
+    assert not seen, describe(seen)
 
 
 def pieces(data, cuts):
