@@ -88,9 +88,10 @@ class ChatRoom:
 
     def say(self, participant, text):
         """Send C{text} from C{participant} to everyone else."""
-        line = "%s: %s" % (participant.nick, text)
-        self._history.append(encode("[history] " + line))
-        self._broadcast(encode(line), participant)
+        data = encode("%s: %s" % (participant.nick, text))
+        if self._history.maxlen:
+            self._history.append(b"[history] " + data)
+        self._broadcast(data, participant)
         if self._chat_log:
             self._chat_log.said(participant.nick, text)
 
