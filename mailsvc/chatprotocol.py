@@ -161,6 +161,11 @@ class ChatProtocol(TextLineProtocol):
         nick, password = match.groups()
 
         def joined(history):
+            if self._connectionLost:
+                # Gone while its NICK was being checked: it must not stay in
+                # the room with nobody behind it.
+                self.service.leave_chat(self)
+                return
             self.ready = True
             self.setTimeout(self.idleTimeout())
             self.sendText("READY")

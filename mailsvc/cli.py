@@ -263,6 +263,10 @@ async def one_shot(reactor, options):
         await client.logout()
     except mc.RequestFailed as e:
         raise Failed(e.reason)
+    except ValueError as e:
+        raise Failed(str(e), 2)
+    except (ConnectionDone, ConnectionLost):
+        raise Failed("the server closed the connection", 3)
     finally:
         if client.cookie is not None:
             # Failed half way: end the session all the same (its reply is not needed).
@@ -291,6 +295,8 @@ async def mail_shell(reactor, options, console):
     try:
         if await _log_in(console, client):
             await _shell(console, client)
+    except (ConnectionDone, ConnectionLost):
+        console.say("The server closed the connection.")
     finally:
         client.transport.loseConnection()
 
@@ -357,9 +363,8 @@ async def _shell(console, client):
                 console.say("unknown command %s; type help" % command)
         except mc.RequestFailed as e:
             console.say("error: " + e.reason)
-        except (ConnectionDone, ConnectionLost):
-            console.say("The server closed the connection.")
-            return
+        except ValueError as e:
+            console.say("error: %s" % (e,))
 
 
 async def _message_id(console, args):

@@ -2,10 +2,10 @@
 Brute-force protection: password attempts counted per key (a user name, a
 peer address).
 
-A key may have C{free} attempts that failed or are still being checked; past
-that it is locked out, for one second and then twice as long after each
-further failure, up to C{longest}. Attempts still being checked count, so
-guesses sent all at once meet the limit as surely as guesses sent one by one.
+A key may have C{free} failed attempts; past that it is locked out, for one
+second and then twice as long after each further failure, up to C{longest}.
+Once a key has failed, attempts still being checked count too, so guesses
+sent all at once meet the limit as surely as guesses sent one by one.
 A key whose last failure is older than C{forget_after} starts afresh, so that
 an address shared by many users is not punished for ever for old typos.
 """
@@ -49,8 +49,14 @@ class Throttle:
                 raise errors.TooManyFailures(
                     "too many failed attempts: try again in %s" % (_seconds(wait),)
                 )
-            if record.checking and record.failures + record.checking >= self.free:
-                # Past the free attempts (or a lockout just over), one at a time.
+            if (
+                record.failures
+                and record.checking
+                and record.failures + record.checking >= self.free
+            ):
+                # After failures, attempts in flight count too, so a burst of
+                # guesses meets the limit; a key with no failures is not held
+                # back (many people behind one address log in at once).
                 raise errors.TooManyFailures("too many attempts at once: try again later")
         elif len(self._records) >= self.capacity:
             self._forget_old(now)

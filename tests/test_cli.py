@@ -191,3 +191,13 @@ async def test_the_shell_says_so_when_the_server_closes(mailsvc_server):
     out, err, status = await within(captured.ended)
     assert status == 0 and err == ""
     assert out.endswith("mail> The server closed the connection.\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_newline_in_a_subject_is_a_usage_error(mailsvc_server):
+    await run("register", "--user", "fay", "--connect", mailsvc_server.mail)
+    out, err, status = await run(
+        "send", "--user", "fay", "--connect", mailsvc_server.mail, "fay", "two\nlines", stdin="b"
+    )
+    assert (out, status) == ("", 2) and "a request is one line" in err
+    assert "Traceback" not in err

@@ -268,31 +268,61 @@ def test_limits_must_be_positive(option):
         Options().parseOptions(["--" + option, "0"])
 
 
-def test_guesses_sent_at_once_meet_the_limit(clock):
-    """Attempts still being checked count: a burst cannot outrun the throttle."""
-    from twisted.internet import defer
+class HeldPasswords:
+    """Passwords whose checks wait until release()."""
 
-    from mailsvc.passwords import Passwords
+    def __init__(self):
+        from mailsvc.passwords import Passwords
 
-    pending = []
+        self.pending = []
+        self.passwords = Passwords(self._hold)
 
-    def slow(f, *args):
+    def _hold(self, f, *args):
+        from twisted.internet import defer
+
         d = defer.Deferred()
-        pending.append((d, f, args))
+        self.pending.append((d, f, args))
         return d
 
-    service = SharedService(SQLiteStorage.inline(), Passwords(slow), clock)
+    def release(self):
+        pending, self.pending = self.pending, []
+        for d, f, args in pending:
+            d.callback(f(*args))
+
+
+def test_guesses_sent_at_once_meet_the_limit(clock):
+    """Once a name has failed, attempts being checked count: a burst cannot
+    outrun the throttle."""
+    held = HeldPasswords()
+    service = SharedService(SQLiteStorage.inline(), held.passwords, clock)
     service.startService()
-    wire = Wire(MailFactory(service, clock=clock))
-    others = [Wire(MailFactory(service, clock=clock)) for _ in range(5)]
-    replies = [line for other in others for line in other("LOGIN alice guess")]
-    assert len(pending) == 3  # only the free attempts are being checked
-    assert replies == ["KO too many attempts at once: try again later"] * 2
-    for d, f, args in pending:
-        d.callback(f(*args))
-    replies = [line for other in others for line in other.replies()]
-    assert replies == ["KO wrong user name or password"] * 3
-    assert wire("LOGIN alice guess")[0].startswith("KO too many failed attempts")
+    wires = [Wire(MailFactory(service, clock=clock)) for _ in range(6)]
+    wires[0]("LOGIN alice guess")
+    held.release()
+    assert wires[0].replies() == ["KO wrong user name or password"]
+    replies = [line for wire in wires[1:] for line in wire("LOGIN alice guess")]
+    assert len(held.pending) == 2  # 1 failure + 2 being checked = the 3 free
+    assert replies == ["KO too many attempts at once: try again later"] * 3
+    held.release()
+    replies = [line for wire in wires[1:] for line in wire.replies()]
+    assert replies == ["KO wrong user name or password"] * 2
+    assert wires[0]("LOGIN alice guess")[0].startswith("KO too many failed attempts")
+    service.stopService()
+
+
+def test_many_good_logins_at_once_from_one_address(clock):
+    held = HeldPasswords()
+    service = SharedService(SQLiteStorage.inline(), held.passwords, clock)
+    service.startService()
+    for i in range(12):
+        service.register("user%d" % i, "pw")
+    held.release()
+    wires = [Wire(MailFactory(service, clock=clock)) for _ in range(12)]
+    for i, wire in enumerate(wires):
+        assert wire("LOGIN user%d pw" % i) == []
+    assert len(held.pending) == 12
+    held.release()
+    assert all(wire.replies()[0].startswith("OK ") for wire in wires)
     service.stopService()
 
 
@@ -320,4 +350,33 @@ def test_a_storage_failure_during_login_is_not_a_failed_attempt(clock):
         assert wire("LOGIN alice wrong") == ["KO storage unavailable"]
     service.storage.account = real
     assert wire("LOGIN alice right")[0].startswith("OK ")
+    service.stopService()
+
+
+def test_a_client_gone_while_its_nick_is_checked_leaves_no_ghost(clock):
+    held = HeldPasswords()
+    service = SharedService(SQLiteStorage.inline(), held.passwords, clock)
+    service.startService()
+    service.register("alice", "pw")
+    held.release()
+    factory = ChatFactory(service, clock=clock, nick_timeout=30)
+    gone, timed_out = Wire(factory), Wire(factory)
+    gone.replies()
+    gone("NICK alice pw")
+    gone.protocol.connectionLost(None)
+    held.release()
+    assert service.room.who() == []
+    # The nick deadline passes in the middle of the password check.
+    timed_out.replies()
+    timed_out("NICK alice pw")
+    clock.advance(30)
+    assert timed_out.replies() == ["* error: idle timeout"]
+    timed_out.protocol.connectionLost(None)
+    held.release()
+    assert service.room.who() == []
+    again = Wire(factory)
+    again.replies()
+    assert again("NICK alice pw") == []
+    held.release()
+    assert again.replies() == ["READY"]
     service.stopService()

@@ -89,3 +89,21 @@ async def test_a_port_in_use_fails_the_start():
             await within(start_server(port="tcp:%d:interface=127.0.0.1" % port))
     finally:
         taken.close()
+
+
+@pytest.mark.mailsvc_user(name="Yan")
+@pytest.mark.mailsvc_nick(nick="yves")
+@pytest_twisted.ensureDeferred
+async def test_markers_take_names_too(mailsvc_server, mail_client, chat_client):
+    await within(mail_client.send("yan", "case", "insensitive"))
+    [message] = await within(mailsvc_server.mailbox("YAN"))
+    assert message.sender == "Yan"
+    assert chat_client.nick == "yves"
+    await within(mailsvc_server.stop())
+    await within(mailsvc_server.stop())  # and again: nothing happens
+
+
+def test_an_in_memory_database_is_refused():
+    failures = []
+    start_server(db=":memory:").addErrback(failures.append)
+    assert failures[0].check(ValueError) and "give a path" in str(failures[0].value)

@@ -63,6 +63,7 @@ class MailsvcServer:
         self.db_path = db_path
         self._temporary = temporary
         self._clients = []
+        self._stopped = None
 
     # Clients
 
@@ -109,9 +110,12 @@ class MailsvcServer:
     def mailbox(self, name):
         """Fire with C{name}'s messages, oldest first, with their bodies."""
         storage = self.service.storage
-        headers = yield storage.headers(name)
+        account = yield storage.account(name)  # names are not case-sensitive
+        if account is None:
+            return []
+        name = account[0]
         messages = []
-        for header in headers:
+        for header in (yield storage.headers(name)):
             messages.append((yield storage.message(name, header.id)))
         return messages
 
@@ -121,13 +125,20 @@ class MailsvcServer:
 
     # Stopping
 
-    @defer.inlineCallbacks
     def stop(self):
         """
         Close every client this server handed out and every connection to it,
         stop listening, stop the service; fire when all of that is done, so
-        that no dirty reactor is left behind.
+        that no dirty reactor is left behind. Stopping twice is stopping once.
         """
+        if self._stopped is None:
+            self._stopped = self._stop()
+        d = defer.Deferred()
+        self._stopped.addBoth(lambda result: d.callback(None) or result)
+        return d
+
+    @defer.inlineCallbacks
+    def _stop(self):
         for client in self._clients:
             if client.transport is not None and client.transport.connected:
                 client.transport.loseConnection()
@@ -158,6 +169,8 @@ def start_server(reactor=None, **options):
     """
     if reactor is None:
         from twisted.internet import reactor
+    if options.get("db") == ":memory:":
+        raise ValueError("the database is a file, used by another thread: give a path")
     temporary = None
     if "db" not in options or "chat_log" not in options:
         temporary = tempfile.mkdtemp(prefix="mailsvc-test-")

@@ -25,7 +25,7 @@ TIMEOUT = 30
 def pytest_configure(config):
     for line in (
         "mailsvc(**options): options of the mailsvc_server fixture",
-        "mailsvc_user(name, password): who the mail_client fixture logs in as",
+        "mailsvc_user(name, password='password'): who the mail_client fixture logs in as",
         "mailsvc_nick(nick, password=None): who the chat_client fixture joins as",
     ):
         config.addinivalue_line("markers", line)
@@ -39,35 +39,38 @@ def _wait(d):
     return pytest_twisted.blockon(defer.ensureDeferred(d).addTimeout(TIMEOUT, reactor))
 
 
-def _marker(request, name, default_args, default_kwargs=None):
-    marker = request.node.get_closest_marker(name)
-    if marker is None:
-        return default_args, dict(default_kwargs or {})
-    return marker.args or default_args, dict(marker.kwargs)
-
-
 @pytest.fixture
 def mailsvc_server(request):
     from mailsvc.testing import start_server
 
-    _, options = _marker(request, "mailsvc", ())
+    marker = request.node.get_closest_marker("mailsvc")
+    options = dict(marker.kwargs) if marker else {}
     server = _wait(start_server(**options))
     yield server
     _wait(server.stop())
 
 
+def _who(request, marker_name, names, defaults):
+    """A marker's arguments, by position or by name, over the defaults."""
+    marker = request.node.get_closest_marker(marker_name)
+    values = dict(zip(names, defaults))
+    if marker is not None:
+        values.update(zip(names, marker.args))
+        values.update(marker.kwargs)
+    return [values[name] for name in names]
+
+
 @pytest.fixture
 def mail_client(mailsvc_server, request):
-    (name, password), _ = _marker(request, "mailsvc_user", ("alice", "password"))
+    name, password = _who(request, "mailsvc_user", ("name", "password"), ("alice", "password"))
     _wait(mailsvc_server.ensure_user(name, password))
     return _wait(mailsvc_server.connect_mail(user=name, password=password))
 
 
 @pytest.fixture
 def chat_client(mailsvc_server, request):
-    args, kwargs = _marker(request, "mailsvc_nick", ("guest",))
-    nick, password = (list(args) + [None])[:2]
-    return _wait(mailsvc_server.connect_chat(nick, kwargs.get("password", password)))
+    nick, password = _who(request, "mailsvc_nick", ("nick", "password"), ("guest", None))
+    return _wait(mailsvc_server.connect_chat(nick, password))
 
 
 @pytest.fixture
