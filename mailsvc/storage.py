@@ -283,11 +283,15 @@ def connect(path, create=True):
 
 def _open(path):
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode = WAL")
+    # Each cursor is closed at once: a pragma that answers a row keeps its
+    # statement active until the cursor is collected, which PyPy does late, and
+    # an active pragma makes the migrations' COMMIT fail ("SQL statements in
+    # progress").
+    connection.execute("PRAGMA journal_mode = WAL").close()
     # FULL: a commit is on disk, not only in the OS cache, before its OK is sent.
-    connection.execute("PRAGMA synchronous = FULL")
-    connection.execute("PRAGMA foreign_keys = ON")
-    connection.execute("PRAGMA busy_timeout = 5000")
+    connection.execute("PRAGMA synchronous = FULL").close()
+    connection.execute("PRAGMA foreign_keys = ON").close()
+    connection.execute("PRAGMA busy_timeout = 5000").close()
     migrate(connection)
     return connection
 
