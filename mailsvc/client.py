@@ -106,7 +106,11 @@ class _LineClient(LineReceiver):
             self.secured.callback(self)
 
     def handshakeCompleted(self):
-        self.secured.callback(self)
+        # Twisted 25.5 (the last for Python 3.9) checks the certificate's names
+        # after the handshake and, when they are wrong, aborts the connection and
+        # still calls this: then nothing is secured, and connectionLost says why.
+        if not self.transport.disconnecting:
+            self.secured.callback(self)
 
     def connectionLost(self, reason):
         if not self.secured.called:
