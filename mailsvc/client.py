@@ -357,6 +357,7 @@ class ChatClient(_LineClient):
         self._is_ready = False
         self._queue = defer.DeferredQueue()
         self._who = collections.deque()
+        self._lost = None
 
     def textReceived(self, line):
         if not self._greeted:
@@ -398,8 +399,12 @@ class ChatClient(_LineClient):
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
+        self._lost = reason
         if not self.ready.called:
             self.ready.errback(reason)
+        waiting, self._who = self._who, collections.deque()
+        for d in waiting:
+            d.errback(reason)
         self._queue.put(None)
         self.closed.callback(None)
 
@@ -407,14 +412,22 @@ class ChatClient(_LineClient):
 
     def say(self, text):
         """Send C{text} to the room, even if it begins with C{/}."""
-        self.sendText("/" + text if text.startswith("/") else text)
+        self._send_line("/" + text if text.startswith("/") else text)
 
     def msg(self, nick, text):
         """A private message (or, for a registered user who is not here, mail)."""
-        self.sendText("/msg %s %s" % (nick, text))
+        self._send_line("/msg %s %s" % (nick, text))
+
+    def _send_line(self, line):
+        if "\n" in line or "\r" in line:
+            # It would be two lines, and the second could be a command.
+            raise ValueError("a chat line is one line: %r" % (line,))
+        self.sendText(line)
 
     def who(self):
         """Fire with the nicknames in the room."""
+        if self._lost is not None:
+            return defer.fail(self._lost)
         d = defer.Deferred()
         self._who.append(d)
         self.sendText("/who")

@@ -231,3 +231,19 @@ async def test_one_shot_commands_leave_no_session_behind(mailsvc_server):
         assert status == 0
     summary = await within(mailsvc_server.service.storage.summary())
     assert summary["sessions"] == sessions_before["sessions"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_misuse_fails_at_once(mailsvc_server):
+    from twisted.internet.error import ConnectionDone
+
+    c = await chat_client(mailsvc_server, "misuse")
+    with pytest.raises(ValueError, match="one line"):
+        c.say("one\n/who")
+    waiting = c.who()
+    await within(c.bye())
+    results = []
+    waiting.addBoth(results.append)
+    assert results and (results[0] == ["misuse"] or results[0].check(ConnectionDone))
+    with pytest.raises(ConnectionDone):
+        await within(c.who())
