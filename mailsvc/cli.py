@@ -319,6 +319,8 @@ async def _log_in(console, client):
             await act(user.strip(), secret)
         except mc.RequestFailed as e:
             console.say("error: " + e.reason)
+        except ValueError as e:
+            console.say("error: %s" % (e,))
         else:
             console.say("Logged in as %s." % user.strip())
             return True

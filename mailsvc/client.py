@@ -381,6 +381,11 @@ class ChatClient(_LineClient):
                 self._event(event)
 
     def _offer(self, nick):
+        for word in (nick, self.password or ""):
+            if "\n" in word or "\r" in word:
+                self.ready.errback(ValueError("a nickname or password is one line"))
+                self.transport.loseConnection()
+                return
         self.nick = nick
         self.sendText("NICK %s %s" % (nick, self.password) if self.password else "NICK " + nick)
 

@@ -62,7 +62,7 @@ class SharedService(service.Service):
         self._sessions = {}
         # Failed password checks, by user name and by peer address.
         self.name_throttle = Throttle(clock, free=3)
-        self.peer_throttle = Throttle(clock, free=10)
+        self.peer_throttle = Throttle(clock, free=10, lenient_bursts=True)
         self._expiry = task.LoopingCall(self._expire_sessions)
         self._expiry.clock = clock
 

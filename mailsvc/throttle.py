@@ -2,10 +2,11 @@
 Brute-force protection: password attempts counted per key (a user name, a
 peer address).
 
-A key may have C{free} failed attempts; past that it is locked out, for one
-second and then twice as long after each further failure, up to C{longest}.
-Once a key has failed, attempts still being checked count too, so guesses
-sent all at once meet the limit as surely as guesses sent one by one.
+A key may have C{free} attempts that failed or are still being checked; past
+that it is locked out, for one second and then twice as long after each
+further failure, up to C{longest}. Attempts still being checked count, so
+guesses sent all at once meet the limit as surely as guesses sent one by one;
+with C{lenient_bursts} they count only once the key has failed.
 A key whose last failure is older than C{forget_after} starts afresh, so that
 an address shared by many users is not punished for ever for old typos.
 """
@@ -26,8 +27,22 @@ class _Record:
 
 
 class Throttle:
-    def __init__(self, clock, free=3, longest=300.0, forget_after=900.0, capacity=100_000):
+    def __init__(
+        self,
+        clock,
+        free=3,
+        longest=300.0,
+        forget_after=900.0,
+        capacity=100_000,
+        lenient_bursts=False,
+    ):
+        """
+        @param lenient_bursts: count attempts in flight only once the key has
+            failed, so that many good attempts at once all go through (right
+            for an address that many people share; a name is not shared).
+        """
         self.clock = clock
+        self.lenient_bursts = lenient_bursts
         self.free = free
         self.longest = longest
         self.forget_after = forget_after
@@ -50,13 +65,12 @@ class Throttle:
                     "too many failed attempts: try again in %s" % (_seconds(wait),)
                 )
             if (
-                record.failures
-                and record.checking
+                record.checking
+                and (record.failures or not self.lenient_bursts)
                 and record.failures + record.checking >= self.free
             ):
-                # After failures, attempts in flight count too, so a burst of
-                # guesses meets the limit; a key with no failures is not held
-                # back (many people behind one address log in at once).
+                # Attempts in flight count, so that a burst of guesses meets
+                # the limit as surely as guesses one by one.
                 raise errors.TooManyFailures("too many attempts at once: try again later")
         elif len(self._records) >= self.capacity:
             self._forget_old(now)

@@ -247,3 +247,12 @@ async def test_chat_misuse_fails_at_once(mailsvc_server):
     assert results and (results[0] == ["misuse"] or results[0].check(ConnectionDone))
     with pytest.raises(ConnectionDone):
         await within(c.who())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_nick_with_a_newline_is_refused(mailsvc_server):
+    from twisted.internet import reactor
+
+    with pytest.raises(ValueError, match="one line"):
+        await within(mc.connect_chat(reactor, mailsvc_server.chat, "nl\nhello room"))
+    assert mailsvc_server.participants() == []

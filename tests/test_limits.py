@@ -310,6 +310,18 @@ def test_guesses_sent_at_once_meet_the_limit(clock):
     service.stopService()
 
 
+def test_a_first_burst_of_guesses_at_one_name_meets_the_limit_too(clock):
+    held = HeldPasswords()
+    service = SharedService(SQLiteStorage.inline(), held.passwords, clock)
+    service.startService()
+    wires = [Wire(MailFactory(service, clock=clock), host="10.0.0.%d" % i) for i in range(6)]
+    replies = [line for wire in wires for line in wire("LOGIN alice guess")]
+    assert len(held.pending) == 3
+    assert replies == ["KO too many attempts at once: try again later"] * 3
+    held.release()
+    service.stopService()
+
+
 def test_many_good_logins_at_once_from_one_address(clock):
     held = HeldPasswords()
     service = SharedService(SQLiteStorage.inline(), held.passwords, clock)

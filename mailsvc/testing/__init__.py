@@ -19,6 +19,7 @@ import shutil
 import tempfile
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from mailsvc import client as mailsvc_client
 from mailsvc.errors import NameTaken
@@ -26,6 +27,7 @@ from mailsvc.passwords import cheap_hasher
 from mailsvc.tap import Options, assemble
 
 LOCAL = "tcp:0:interface=127.0.0.1"
+_NOT_YET = object()
 
 # What a test server changes from twistd's defaults: tests run fast, and
 # often from one address.
@@ -63,7 +65,8 @@ class MailsvcServer:
         self.db_path = db_path
         self._temporary = temporary
         self._clients = []
-        self._stopped = None
+        self._stop_waiting = None
+        self._stop_outcome = _NOT_YET
 
     # Clients
 
@@ -131,11 +134,28 @@ class MailsvcServer:
         stop listening, stop the service; fire when all of that is done, so
         that no dirty reactor is left behind. Stopping twice is stopping once.
         """
-        if self._stopped is None:
-            self._stopped = self._stop()
         d = defer.Deferred()
-        self._stopped.addBoth(lambda result: d.callback(None) or result)
+        if self._stop_waiting is None:
+            self._stop_waiting = [d]
+            self._stop().addBoth(self._stop_done)
+        elif self._stop_outcome is _NOT_YET:
+            self._stop_waiting.append(d)
+        else:
+            self._fire(d, self._stop_outcome)
         return d
+
+    def _stop_done(self, outcome):
+        self._stop_outcome = outcome
+        for d in self._stop_waiting:
+            self._fire(d, outcome)
+
+    @staticmethod
+    def _fire(d, result):
+        # Every caller of stop() gets the outcome, a failure included.
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)
 
     @defer.inlineCallbacks
     def _stop(self):
