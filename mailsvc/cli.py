@@ -14,6 +14,7 @@ import os
 import sys
 
 from twisted.internet import defer, stdio, task
+from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.protocols.basic import LineReceiver
@@ -201,14 +202,19 @@ class Options(usage.Options):
 # Commands
 
 
-async def _connected(connecting, address):
-    """Await C{connecting}; turn any failure to connect into a plain message."""
+async def _connected(reactor, connect, address, *args, **kwargs):
+    """
+    C{connect(reactor, address, ...)}, with a malformed address or a failure
+    to connect turned into a plain message.
+    """
     try:
-        return await connecting
-    except mc.RequestFailed:
-        raise
+        clientFromString(reactor, address)
     except (ValueError, TypeError, KeyError) as e:
         raise Failed("bad address %s: %s" % (address, e), 2)
+    try:
+        return await connect(reactor, address, *args, **kwargs)
+    except (mc.RequestFailed, ValueError):
+        raise
     except Exception as e:  # refused, unreachable, certificate checks, ...
         raise Failed("cannot connect to %s: %s" % (address, _describe(e)), 3)
 
@@ -223,8 +229,7 @@ def _describe(error):
 
 
 async def _mail_client(reactor, options):
-    address = options.endpoint()
-    return await _connected(defer.maybeDeferred(mc.connect_mail, reactor, address), address)
+    return await _connected(reactor, mc.connect_mail, options.endpoint())
 
 
 def _print_message(write, message):
@@ -414,20 +419,20 @@ async def chat(reactor, options, console):
         else:
             console.say("* " + event.text)
 
-    address = options.endpoint()
-    connecting = defer.maybeDeferred(
-        mc.connect_chat,
-        reactor,
-        address,
-        options["nick"],
-        password=secret,
-        on_retry=lambda reason: defer.ensureDeferred(retry(reason)),
-        on_event=show,
-    )
     try:
-        client = await _connected(connecting, address)
+        client = await _connected(
+            reactor,
+            mc.connect_chat,
+            options.endpoint(),
+            options["nick"],
+            password=secret,
+            on_retry=lambda reason: defer.ensureDeferred(retry(reason)),
+            on_event=show,
+        )
     except mc.NickRefused:
         raise Failed("no nickname accepted")
+    except ValueError as e:
+        raise Failed(str(e), 2)
     console.say("Joined as %s. /help for commands, end of input to leave." % client.nick)
     # Ctrl-C stops the reactor: say BYE on the way out.
     reactor.addSystemEventTrigger("before", "shutdown", client.bye)

@@ -162,7 +162,8 @@ class MailClient(_LineClient):
     def _request(self, line, parse=None, multiline=False, body=None):
         if "\n" in line or "\r" in line:
             # It would be two requests, and every later reply would be off by one.
-            return defer.fail(ValueError("a request is one line: %r" % (line,)))
+            # (Not quoted in the error: the line may hold a password.)
+            return defer.fail(ValueError("a request is one line: no CR or LF in it"))
         if self._lost is not None:
             return defer.fail(self._lost)
         data = [self._line(line)]
