@@ -28,3 +28,23 @@ test: $(VENV)/.installed-test
 
 clean:
 	rm -rf .venv .venv-* build *.egg-info twisted/plugins/dropin.cache
+
+# make bench [PYTHON=pypy3] [BENCH_QUICK=1]: the figures of docs/performance.md.
+# twistd runs from $(VENV); the harness, plot and py-spy from .venv (CPython,
+# with the bench extra); bench/loadgen.c and bench/sendcost.c are compiled with gcc.
+.PHONY: bench
+bench:
+	@if ! command -v $(PYTHON) >/dev/null 2>&1; then \
+	    echo "bench: $(PYTHON) is not installed: skipping the $(PYTHON) bench"; exit 0; fi; \
+	command -v gcc >/dev/null 2>&1 || { echo "bench: gcc is needed to build bench/loadgen.c"; exit 1; }; \
+	set -e; \
+	$(MAKE) --no-print-directory $(VENV)/.installed; \
+	$(MAKE) --no-print-directory .venv/.installed PYTHON=python3 VENV=.venv; \
+	if [ ! .venv/.installed-bench -nt setup.cfg ]; then \
+	    .venv/bin/python -m pip install --quiet -e '.[bench]' && touch .venv/.installed-bench; fi; \
+	mkdir -p bench/build; \
+	for c in loadgen sendcost; do \
+	    if [ ! bench/build/$$c -nt bench/$$c.c ]; then \
+	        gcc -O2 -Wall -o bench/build/$$c bench/$$c.c; fi; done; \
+	.venv/bin/python bench/run.py --server-python $(BIN)/python \
+	    $(if $(filter-out 0,$(BENCH_QUICK)),--quick)
