@@ -56,6 +56,13 @@ def within(d, seconds=10):
     return defer.ensureDeferred(d).addTimeout(seconds, reactor)
 
 
+async def closed(*clients):
+    """Close client connections from the client's side; wait until each ended."""
+    for c in clients:
+        c.transport.loseConnection()
+        await within(c.closed)
+
+
 def inline_service(clock, path=":memory:"):
     """A started service that answers synchronously: for StringTransport tests."""
     service = SharedService(SQLiteStorage.inline(path), Passwords.inline(), clock)

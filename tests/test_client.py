@@ -4,7 +4,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from conftest import within
+from conftest import closed, within
 from mailsvc import client as mc
 from mailsvc.mailprotocol import MailFactory, MailProtocol
 
@@ -19,12 +19,6 @@ async def chat_client(mailsvc_server, nick, **options):
     from twisted.internet import reactor
 
     return await within(mc.connect_chat(reactor, mailsvc_server.chat, nick, **options))
-
-
-async def closed(*clients):
-    for c in clients:
-        c.transport.loseConnection()
-        await within(c.closed)
 
 
 @pytest_twisted.ensureDeferred

@@ -37,7 +37,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import quoteStringArgument
 
 from certs import self_signed
-from conftest import within
+from conftest import closed, within
 from mailsvc import client as mc
 from mailsvc.testing.process import (
     SOCKET_TIMEOUT,
@@ -136,13 +136,6 @@ def certificate_of(identity):
     from cryptography import x509
 
     return x509.load_pem_x509_certificate(identity.cert.read_bytes())
-
-
-async def closed(*clients):
-    """Close from the client's side (a TLS close_notify), wait for the end."""
-    for c in clients:
-        c.transport.loseConnection()
-        await within(c.closed)
 
 
 # In process: the client library.
@@ -370,15 +363,7 @@ def test_twistd_serves_tls_and_the_cli_speaks_it(tls_server, identity, stranger)
 def test_a_plain_tcp_client_on_the_tls_port_gets_no_reply(tls_server, identity):
     with Client(tls_server.port) as plain:
         plain.send("HELP\n")
-        received = b""
-        try:
-            while True:
-                chunk = plain.sock.recv(4096)
-                if not chunk:
-                    break
-                received += chunk
-        except ConnectionResetError:
-            pass
+        received = plain.read_until_closed()
     # At most a TLS alert record: no text reply.
     assert b"OK" not in received and b"\r\n" not in received, received
     assert tls_server.running()

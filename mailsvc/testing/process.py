@@ -331,6 +331,20 @@ class Client:
                     raise
                 return replies
 
+    def read_until_closed(self):
+        """Every byte the server still sends, until it closes or resets."""
+        received, self._buffer = self._buffer, b""
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        except ConnectionResetError:
+            pass
+        self.eof = True
+        return received
+
     def expect_eof(self):
         """Assert the server closes the connection and sends nothing more."""
         extra = self._buffer
