@@ -8,6 +8,7 @@ import re
 from zope.interface import implementer
 
 from mailsvc import errors
+from mailsvc.coalesce import WriteCoalescer
 from mailsvc.lines import TextLineFactory, TextLineProtocol
 from mailsvc.room import IChatParticipant, encode
 
@@ -50,12 +51,21 @@ class ChatProtocol(TextLineProtocol):
         self.sendText("HELLO")
 
     def connectionLost(self, reason):
+        self.factory.writes.forget(self)
         if self.ready:
             self.service.leave_chat(self)
         super().connectionLost(reason)
 
+    def close(self):
+        self.factory.writes.flush(self)
+        super().close()
+
     def send(self, data):
-        """L{IChatParticipant.send}: bounded by the factory's max_sendq."""
+        """
+        L{IChatParticipant.send}: bounded by the factory's max_sendq, and
+        written at the end of the reactor turn with whatever else this
+        connection is sent in it.
+        """
         if self._dropped:
             return
         if self.output.full:
@@ -69,9 +79,10 @@ class ChatProtocol(TextLineProtocol):
                     limit=self.factory.max_sendq,
                 )
                 self._dropped = True
+                self.factory.writes.forget(self)
                 self.transport.abortConnection()
                 return
-        self.transport.write(data)
+        self.factory.writes.write(self, data)
 
     def sendText(self, *lines):
         # Replies count against the send queue like everything else.
@@ -220,6 +231,7 @@ class ChatFactory(TextLineFactory):
         self.nick_timeout = nick_timeout
         self.flood_rate = flood_rate
         self.flood_burst = flood_burst
+        self.writes = WriteCoalescer(self.clock)
 
     def closeAll(self, clock, patience=5.0):
         self.service.room.closing = True

@@ -7,6 +7,7 @@ Twisted's silent disconnect.
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
@@ -69,7 +70,7 @@ class TextLineProtocol(LineReceiver, TimeoutMixin):
         refusal = self.factory.admit(self)
         if refusal is not None:
             self.sendText(self.refusal(refusal))
-            self.transport.loseConnection()
+            self.close()
             return
         self._admitted = True
         self.LINE_LIMIT = self.factory.line_limit
@@ -167,16 +168,29 @@ class TextLineProtocol(LineReceiver, TimeoutMixin):
     def respond(self, handler, *args):
         """Call C{handler(*args)}; pass its result to L{reply}, or its failure
         to L{refuse}; read no further line until that is done."""
-        replied = []
-        d = defer.maybeDeferred(handler, *args)
-        d.addCallbacks(self.reply, self.refuse)
-        d.addErrback(lambda failure: self.log.failure("reply failed", failure))
-        d.addCallback(replied.append)
-        # Not d.called: that is also true while d waits on a Deferred it chained.
-        if replied:
+        try:
+            result = handler(*args)
+        except Exception:
+            result = Failure()
+        if not isinstance(result, defer.Deferred):
+            self._answer(result)
             return
-        self.hold("reply")
-        d.addCallback(lambda _: self.release("reply"))
+        answered = []
+        result.addBoth(self._answer).addBoth(answered.append)
+        # Most answers are ready at once (a cached session, a read): they went
+        # out just now. The others hold the connection until they are sent.
+        if not answered:
+            self.hold("reply")
+            result.addBoth(lambda _: self.release("reply"))
+
+    def _answer(self, result):
+        try:
+            if isinstance(result, Failure):
+                self.refuse(result)
+            else:
+                self.reply(result)
+        except Exception:
+            self.log.failure("reply failed")
 
     def hold(self, reason):
         """Handle no further line until every C{reason} held is released."""

@@ -18,6 +18,7 @@ import queue
 import sqlite3
 import threading
 from dataclasses import dataclass
+from urllib.request import pathname2url
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -25,7 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from mailsvc import errors
-from mailsvc.schema import migrate
+from mailsvc.schema import MIGRATIONS, migrate
 
 log = Logger()
 
@@ -190,9 +191,11 @@ class GroupCommitExecutor:
     transaction, and fires their Deferreds on the reactor thread after COMMIT.
     """
 
-    def __init__(self, connect, reactor, max_batch=512):
+    def __init__(self, connect, reactor, max_batch=512, connect_reader=None):
         self._connect = connect
         self._connection = None
+        self._connect_reader = connect_reader
+        self._reader = None
         self._reactor = reactor
         self._max_batch = max_batch
         self._requests = queue.SimpleQueue()
@@ -206,12 +209,39 @@ class GroupCommitExecutor:
         self._thread.start()
 
     def submit(self, work, *args):
+        if self._connect_reader is not None and getattr(work, "quick", False):
+            try:
+                return defer.succeed(self._read_now(work, args))
+            except sqlite3.Error:
+                # The thread's connection recovers, or reports the storage
+                # unavailable; this one is opened again next time.
+                self._close_reader()
+            except Exception:
+                return defer.fail()
         d = defer.Deferred()
         self._requests.put((work, args, d))
         return d
 
+    def _read_now(self, work, args):
+        """
+        Run C{work}, a single indexed read, at once on the calling (reactor)
+        thread, on a read-only connection of its own: in WAL mode it never
+        waits for the database thread's writes, and it sees every commit
+        already acknowledged. It never waits for a lock either (it raises,
+        and the read goes to the thread).
+        """
+        if self._reader is None:
+            self._reader = self._connect_reader()
+        return work(self._reader, *args)
+
+    def _close_reader(self):
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
     def stop(self):
         """Finish every request already submitted, then close the database."""
+        self._close_reader()
         if self._thread is None:
             return defer.succeed(None)
         self._thread = None
@@ -281,6 +311,25 @@ def connect(path, create=True):
     return _open(path)
 
 
+def connect_reader(path):
+    """
+    A read-only connection to the existing, migrated database at C{path}
+    that never waits for a lock. L{sqlite3.Error} if there is none.
+    """
+    uri = "file:%s?mode=ro" % (pathname2url(os.path.abspath(path)),)
+    connection = sqlite3.connect(
+        uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False
+    )
+    try:
+        (version,) = connection.execute("PRAGMA user_version").fetchone()
+        if version != len(MIGRATIONS):
+            raise sqlite3.OperationalError("database schema version %d" % (version,))
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
 def _open(path):
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     # Each cursor is closed at once: a pragma that answers a row keeps its
@@ -317,7 +366,12 @@ class SQLiteStorage:
         # Never create it again: a database deleted under a running server must
         # not come back empty.
         return cls(
-            GroupCommitExecutor(lambda: connect(path, create=False), reactor), quotas
+            GroupCommitExecutor(
+                lambda: connect(path, create=False),
+                reactor,
+                connect_reader=None if path == ":memory:" else lambda: connect_reader(path),
+            ),
+            quotas,
         )
 
     @classmethod
@@ -392,6 +446,12 @@ def _reading(work):
     return work
 
 
+def _quick(work):
+    """A read of one indexed row, whatever the data holds: fit for the reactor thread."""
+    work.reads_only = work.quick = True
+    return work
+
+
 
 def _add_account(db, name, password_hash, now):
     try:
@@ -404,7 +464,7 @@ def _add_account(db, name, password_hash, now):
     return name
 
 
-@_reading
+@_quick
 def _account(db, name):
     return db.execute(
         "SELECT name, password_hash FROM accounts WHERE name = ?", (name,)
@@ -419,7 +479,7 @@ def _add_session(db, token_hash, account, now):
     )
 
 
-@_reading
+@_quick
 def _session_account(db, token_hash):
     return db.execute(
         "SELECT account, last_used FROM sessions WHERE token_hash = ?", (token_hash,)
@@ -502,11 +562,13 @@ def _check_quota(db, recipient, size, quotas):
         )
 
 
-@_reading
+@_quick
 def _count(db, account):
-    return db.execute(
-        "SELECT count(*) FROM messages WHERE recipient = ?", (account,)
-    ).fetchone()[0]
+    # Kept by triggers (schema.py): no scan of the mailbox.
+    row = db.execute(
+        "SELECT messages FROM mailbox_usage WHERE account = ?", (account,)
+    ).fetchone()
+    return row[0] if row else 0
 
 
 @_reading

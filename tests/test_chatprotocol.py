@@ -182,3 +182,14 @@ def test_replies_to_a_client_that_never_reads_count_against_its_sendq(join):
     for _ in range(100):
         talker("x" * 100)
     assert flooder.transport.disconnecting
+
+
+def test_what_waits_for_the_end_of_the_turn_is_written_before_a_close(join):
+    alice, bob = join("alice"), join("bob")
+    alice.replies()
+    bob.replies()
+    alice("one")
+    bob.protocol.close()
+    # Not bob.replies(): that would end the turn first.
+    assert bob.transport.value() == b"alice: one\r\n"
+    assert bob.transport.disconnecting

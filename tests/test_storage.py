@@ -228,3 +228,60 @@ async def test_storage_faults_are_refused_cleanly_and_recovered_from(path, break
         assert [m.subject for m in await within(service.list(cookie))] == ["before", "after"]
     finally:
         await within(service.stopService())
+
+
+def fired(d):
+    """The result of a Deferred that must have fired already."""
+    results = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    return results[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_quick_reads_are_answered_at_once_and_never_wait_for_a_writer(path):
+    from twisted.internet import reactor
+
+    storage = SQLiteStorage.open(path, reactor)
+    storage.start()
+    try:
+        await within(storage.add_account("bob", "hash", 0.0))
+        await within(storage.deliver("bob", "alice", "one", "", 1.0))
+        # Another writer holds the write lock with a change not yet committed.
+        writer = sqlite3.connect(path, isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute(
+            "INSERT INTO messages (recipient, sender, subject, body, created)"
+            " VALUES ('bob', 'carol', 'two', '', 2.0)"
+        )
+        assert fired(storage.count("bob")) == 1
+        assert fired(storage.account("BOB")) == ("bob", "hash")
+        writer.execute("COMMIT")
+        writer.close()
+        assert fired(storage.count("bob")) == 2
+        assert fired(storage.count("nobody")) == 0
+        # A read that is not quick still goes to the database thread.
+        headers = storage.headers("bob")
+        assert [m.subject for m in await within(headers)] == ["one", "two"]
+    finally:
+        await within(storage.stop())
+
+
+@pytest_twisted.ensureDeferred
+async def test_quick_reads_go_to_the_thread_when_their_connection_fails(path):
+    from twisted.internet import reactor
+
+    def broken():
+        raise sqlite3.OperationalError("unable to open database file")
+
+    connect(path).close()
+    storage = SQLiteStorage(
+        GroupCommitExecutor(lambda: connect(path), reactor, connect_reader=broken)
+    )
+    storage.start()
+    try:
+        await within(storage.add_account("bob", "hash", 0.0))
+        await within(storage.deliver("bob", "alice", "one", "", 1.0))
+        assert await within(storage.count("bob")) == 1
+    finally:
+        await within(storage.stop())
