@@ -605,31 +605,21 @@ class Bench:
         baseline = lambda: baseline_server(self.python, self.directory("baseline"), cores)  # noqa: E731
         started = time.monotonic()
 
-        log("chat fan-out")
-        servers = []
-        try:
-            servers = [mailsvc().start(), baseline().start()]
-            self.chat(servers)
-        finally:
-            for server in servers:
-                server.stop()
+        parts = set(self.args.only.split(",")) if self.args.only else None
+        wanted = lambda part: parts is None or part in parts  # noqa: E731
 
-        log("mail request/response")
-        servers = []
-        try:
-            servers = [mailsvc().start(), baseline().start()]
-            self.mail(servers, prepare_accounts(servers[0].ports["mail"]))
-        finally:
-            for server in servers:
-                server.stop()
+        if wanted("chat"):
+            self.chat_part(mailsvc, baseline)
+        if wanted("mail"):
+            self.mail_part(mailsvc, baseline)
+        if wanted("idle"):
+            log("idle connections")
+            for make in (mailsvc, baseline):
+                for kind in ("mail", "chat"):
+                    self.idle(make, kind, idle_conns)
+                self.idle(make, "chat", 200 if self.quick else 1000, join=True)
 
-        log("idle connections")
-        for make in (mailsvc, baseline):
-            for kind in ("mail", "chat"):
-                self.idle(make, kind, idle_conns)
-            self.idle(make, "chat", 200 if self.quick else 1000, join=True)
-
-        if not self.quick and not self.args.no_profile:
+        if not self.quick and not self.args.no_profile and wanted("profile"):
             log("profiles")
             server = mailsvc().start()
             try:
@@ -641,6 +631,26 @@ class Bench:
         self.results["meta"]["waited_for_quiet_s"] = round(self.quiet.waited, 1)
         self.results["meta"]["measured_again"] = self.retries
         return self.results
+
+    def chat_part(self, mailsvc, baseline):
+        log("chat fan-out")
+        servers = []
+        try:
+            servers = [mailsvc().start(), baseline().start()]
+            self.chat(servers)
+        finally:
+            for server in servers:
+                server.stop()
+
+    def mail_part(self, mailsvc, baseline):
+        log("mail request/response")
+        servers = []
+        try:
+            servers = [mailsvc().start(), baseline().start()]
+            self.mail(servers, prepare_accounts(servers[0].ports["mail"]))
+        finally:
+            for server in servers:
+                server.stop()
 
 
 def summarize_profile(raw, top=25):
@@ -1012,6 +1022,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--label", help="name of the results (default: cpython or pypy)")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--only", metavar="PARTS",
+                        help="comma-separated parts to run: chat, mail, idle, profile (default: all)")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--table", metavar="JSON", help="only print the table of a results file")
     parser.add_argument("--markdown", metavar="JSON", help="only print a results file as Markdown")

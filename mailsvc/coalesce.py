@@ -42,14 +42,20 @@ def write_now(transport, data):
     leave only the rest to Twisted.
     """
     if isinstance(transport, tcp.Connection) and _holds_nothing(transport):
-        sent = transport.writeSomeData(data)
-        # An exception is returned, not raised, for a lost connection: Twisted
-        # finds it again on its own write and closes the connection.
-        if not isinstance(sent, Exception):
-            if sent == len(data):
-                return
-            data = data[sent:]
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            # Would block, or the connection is lost: Twisted's own write
+            # finds out which, and closes the connection if need be.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
     transport.write(data)
+
+
+def _joined(waiting):
+    return b"".join(waiting) if type(waiting) is list else waiting
 
 
 class WriteCoalescer:
@@ -61,32 +67,36 @@ class WriteCoalescer:
     @param clock: an L{IReactorTime}.
     """
 
-    def __init__(self, clock, per_turn=128):
+    def __init__(self, clock, per_turn=64):
         self._clock = clock
         self._per_turn = per_turn
-        self._queued = {}  # connection -> [bytes, ...]
+        self._queued = {}  # connection -> bytes, or [bytes, ...]
         self._order = collections.deque()
         self._call = None
 
     def write(self, connection, data):
-        queued = self._queued.get(connection)
-        if queued is not None:
-            queued.append(data)
-            return
-        self._queued[connection] = [data]
-        self._order.append(connection)
-        if self._call is None:
-            self._call = self._clock.callLater(0, self._drain)
+        queued = self._queued
+        waiting = queued.get(connection)
+        if waiting is None:
+            # Most connections get one line a turn: no list for it.
+            queued[connection] = data
+            self._order.append(connection)
+            if self._call is None:
+                self._call = self._clock.callLater(0, self._drain)
+        elif type(waiting) is list:
+            waiting.append(data)
+        else:
+            queued[connection] = [waiting, data]
 
     def pending(self, connection):
         """How many bytes wait for C{connection}."""
-        return sum(map(len, self._queued.get(connection, ())))
+        return len(_joined(self._queued.get(connection, b"")))
 
     def flush(self, connection):
         """Write what waits for C{connection} now: before it closes, say."""
-        queued = self._queued.pop(connection, None)
-        if queued:
-            write_now(connection.transport, b"".join(queued))
+        waiting = self._queued.pop(connection, None)
+        if waiting is not None:
+            write_now(connection.transport, _joined(waiting))
 
     def forget(self, connection):
         """Drop what waits for C{connection}: it is gone."""
@@ -101,7 +111,7 @@ class WriteCoalescer:
             if data is None:
                 continue
             try:
-                write_now(connection.transport, b"".join(data))
+                write_now(connection.transport, _joined(data))
             except Exception:
                 log.failure("write to {connection} failed", connection=connection)
                 connection.transport.abortConnection()

@@ -109,13 +109,20 @@ class ChatRoom:
             self._deliver(participant, encode(line))
 
     def _broadcast(self, data, sender=None):
+        # The room's hottest loop: _deliver inlined.
         for participant in list(self._members.values()):
             if participant is not sender:
-                self._deliver(participant, data)
+                try:
+                    participant.send(data)
+                except Exception:
+                    self._failed(participant)
 
     def _deliver(self, participant, data):
         try:
             participant.send(data)
         except Exception:
-            self.log.failure("delivery to {nick} failed", nick=participant.nick)
-            self.leave(participant)
+            self._failed(participant)
+
+    def _failed(self, participant):
+        self.log.failure("delivery to {nick} failed", nick=participant.nick)
+        self.leave(participant)
