@@ -8,7 +8,6 @@ import re
 from zope.interface import implementer
 
 from mailsvc import errors
-from mailsvc.coalesce import WriteCoalescer
 from mailsvc.lines import TextLineFactory, TextLineProtocol
 from mailsvc.room import IChatParticipant, encode
 
@@ -51,14 +50,9 @@ class ChatProtocol(TextLineProtocol):
         self.sendText("HELLO")
 
     def connectionLost(self, reason):
-        self.factory.writes.forget(self)
         if self.ready:
             self.service.leave_chat(self)
         super().connectionLost(reason)
-
-    def close(self):
-        self.factory.writes.flush(self)
-        super().close()
 
     def send(self, data):
         """
@@ -231,7 +225,6 @@ class ChatFactory(TextLineFactory):
         self.nick_timeout = nick_timeout
         self.flood_rate = flood_rate
         self.flood_burst = flood_burst
-        self.writes = WriteCoalescer(self.clock)
 
     def closeAll(self, clock, patience=5.0):
         self.service.room.closing = True

@@ -1,18 +1,19 @@
 """
-Writes to many connections at once, as the chat room makes them: everything
-one connection is sent during a reactor turn leaves in one C{send()}.
+Writes to many connections at once: everything one connection is sent
+during a reactor turn leaves in one C{send()}, made at the end of the turn.
 
-A room of 1000 fans each message out to 999 connections. Through
-C{transport.write()}, each of those writes costs a trip through Twisted's
-write path (C{startWriting()} and its C{epoll_ctl()}, a writable event, its
-dispatch, C{doWrite()}, C{stopWriting()}) before the C{send()} itself, and
-the system calls dominate. L{WriteCoalescer} queues the data instead and, at
-the end of the turn, hands each connection's share to L{write_now}, which
-sends it at once when the transport holds nothing else. The queue is drained
-a slice of connections per turn, reading input in between: while the room
-is busy, the lines that arrive in the meantime join the queues of the
-connections still waiting, so they share a C{send()} too, and the cost of a
-delivery falls as the load rises instead of the backlog growing.
+A chat room of 1000 fans each message out to 999 connections, and a mail
+port answers dozens of requests a turn. Through C{transport.write()}, each
+of those writes costs a trip through Twisted's write path
+(C{startWriting()} and its C{epoll_ctl()}, a writable event, its dispatch,
+C{doWrite()}, C{stopWriting()} and a second C{epoll_ctl()}) before the
+C{send()} itself. L{WriteCoalescer} queues the data instead and, at the end
+of the turn, hands each connection's share to L{write_now}, which sends it
+at once when the transport holds nothing else. The queue is drained a slice
+of connections per turn, reading input in between: while the room is busy,
+the lines that arrive in the meantime join the queues of the connections
+still waiting, so they share a C{send()} too, and the cost of a delivery
+falls as the load rises instead of the backlog growing.
 """
 
 import collections

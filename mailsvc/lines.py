@@ -12,6 +12,8 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
+from mailsvc.coalesce import WriteCoalescer
+
 CRLF = b"\r\n"
 # Unhandled input kept for a held connection before its socket is paused.
 INPUT_BUFFER = 64 * 1024
@@ -128,6 +130,7 @@ class TextLineProtocol(LineReceiver, TimeoutMixin):
 
     def connectionLost(self, reason):
         self._connectionLost = True
+        self.factory.writes.forget(self)
         if self._admitted:
             self.setTimeout(None)
             self.factory.release(self)
@@ -144,6 +147,7 @@ class TextLineProtocol(LineReceiver, TimeoutMixin):
         if that takes longer than L{CLOSE_PATIENCE} seconds (a peer that does
         not read, or a TLS peer that never answers the close).
         """
+        self.factory.writes.flush(self)
         if self._admitted and not self._closing:
             self._closing = True
             # TLS will not start closing while a producer is registered.
@@ -212,8 +216,11 @@ class TextLineProtocol(LineReceiver, TimeoutMixin):
         """Called after reading resumes, once the lines that waited are read."""
 
     def sendText(self, *lines):
-        """Send each of C{lines} (text) in one write, each ending in CRLF."""
-        self.transport.write(b"".join(line.encode("utf-8") + CRLF for line in lines))
+        """
+        Send each of C{lines} (text), each ending in CRLF, at the end of the
+        reactor turn with whatever else this connection is sent in it.
+        """
+        self.factory.writes.write(self, b"".join(line.encode("utf-8") + CRLF for line in lines))
 
     def idleTimeout(self):
         """Seconds of silence before the connection is closed, or None."""
@@ -292,6 +299,7 @@ class TextLineFactory(protocol.Factory):
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
+        self.writes = WriteCoalescer(clock)
         self.line_limit = line_limit
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
