@@ -839,8 +839,13 @@ def rows(results):
     return out
 
 
+def interpreter(meta):
+    """"cpython" or "pypy": what the targets and the plot are chosen by (not the label)."""
+    return "pypy" if meta.get("implementation") == "PyPy" else "cpython"
+
+
 def targets(results):
-    impl = results["meta"]["label"]
+    impl = interpreter(results["meta"])
     checks = []
 
     def check(name, measured, target, met, unit, scenario=None, how=None, cpython_only=True):

@@ -181,7 +181,7 @@ class MailProtocol(TextLineProtocol):
     # Requests
 
     def _request(self, line):
-        match = CHECKSUM.search(line)
+        match = CHECKSUM.search(line) if "#" in line else None
         if match:
             content = line[: match.start()]
             intact = (

@@ -204,6 +204,15 @@ class SharedService(service.Service):
 
     def _as(self, cookie, work, *args):
         """Run C{work(account, *args)} for the session of C{cookie}."""
+        if cookie is not None:
+            token_hash = _token_hash(cookie)
+            session = self._sessions.get(token_hash)
+            if session is not None:
+                # Nearly every request: no Deferred to wait for the account.
+                try:
+                    return work(self._use(token_hash, session), *args)
+                except Exception:
+                    return defer.fail()
         return self.account(cookie).addCallback(work, *args)
 
     # Staging (the Simple Mail Server Protocol)

@@ -8,7 +8,9 @@ one implementation, L{SQLiteStorage}, runs its SQL through an executor:
   - L{GroupCommitExecutor}: one database thread; requests that arrive while a
     transaction is being committed are run together in the next one (each in its
     own SAVEPOINT, so one refusal does not undo the others), so 50 concurrent
-    writers pay for one fsync, not 50. The reactor thread never touches the disk.
+    writers pay for one fsync, not 50. The reactor thread never writes; it
+    reads only what costs one indexed row (an account, a session, a count),
+    at once, on a read-only connection of its own that never waits for a lock.
   - L{InlineExecutor}: runs each request at once on the calling thread, for
     unit tests driven by StringTransport and Clock.
 """
