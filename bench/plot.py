@@ -82,7 +82,7 @@ def plot(path):
         p50 = [runs[n]["latency_us"]["p50"] / 1000 if n in runs else 0 for n in names]
         ax.bar([i + offset for i in x], p99, width, color=color, label=label + " p99")
         ax.scatter([i + offset for i in x], p50, color="black", marker="_", s=200, zorder=3)
-    goal = P99_TARGET_MS.get(meta["label"], 20)
+    goal = P99_TARGET_MS["pypy" if meta.get("implementation") == "PyPy" else "cpython"]
     ax.axhline(goal, color="red", linestyle="--", linewidth=1, label="p99 target (%d ms)" % goal)
     ax.set_xticks(list(x))
     ax.set_xticklabels(
