@@ -49,6 +49,7 @@ class TextLineProtocol(LineReceiver, TimeoutMixin):
     _readingPaused = False
     _closing = False
     _abortLater = None
+    _answered = True
     peerHost = None
 
     def __init__(self):
@@ -179,15 +180,16 @@ class TextLineProtocol(LineReceiver, TimeoutMixin):
         if not isinstance(result, defer.Deferred):
             self._answer(result)
             return
-        answered = []
-        result.addBoth(self._answer).addBoth(answered.append)
+        self._answered = False
+        result.addBoth(self._answer)
         # Most answers are ready at once (a cached session, a read): they went
         # out just now. The others hold the connection until they are sent.
-        if not answered:
+        if not self._answered:
             self.hold("reply")
             result.addBoth(lambda _: self.release("reply"))
 
     def _answer(self, result):
+        self._answered = True
         try:
             if isinstance(result, Failure):
                 self.refuse(result)

@@ -24,6 +24,8 @@ NAME = re.compile(r"[A-Za-z0-9]{1,32}\Z")
 # word of this shape at the end of a request is always a cookie, never a name.
 COOKIE = re.compile(r"[A-Za-z0-9_-]{43}\Z")
 MAX_PASSWORD = 1024
+# Mailboxes whose message count is kept in memory, at most.
+COUNT_CACHE = 100_000
 
 
 def new_cookie():
@@ -60,6 +62,8 @@ class SharedService(service.Service):
         self._touch_interval = min(60.0, session_ttl / 4) if session_ttl else None
         # cookie hash -> _Session: sessions are read on every command.
         self._sessions = {}
+        # account name folded to lower case -> messages in its mailbox.
+        self._counts = {}
         # Failed password checks, by user name and by peer address.
         self.name_throttle = Throttle(clock, free=3)
         self.peer_throttle = Throttle(clock, free=10, lenient_bursts=True)
@@ -230,6 +234,7 @@ class SharedService(service.Service):
             d = self.storage.deliver_staged(
                 _token_hash(cookie), account, recipient, self.clock.seconds()
             )
+            d.addBoth(self._mailbox_changed, recipient)
             return d.addCallback(self._delivered, recipient, account, "")
 
         return self._as(cookie, store)
@@ -245,6 +250,7 @@ class SharedService(service.Service):
     def deliver(self, recipient, sender, subject, body):
         """Put a message in a mailbox from C{sender}; fire with its id."""
         d = self.storage.deliver(recipient, sender, subject, body, self.clock.seconds())
+        d.addBoth(self._mailbox_changed, recipient)
         return d.addCallback(self._delivered, recipient, sender, subject)
 
     def _delivered(self, message_id, recipient, sender, subject):
@@ -253,8 +259,32 @@ class SharedService(service.Service):
         )
         return message_id
 
+    def _mailbox_changed(self, result, account):
+        # Before the change is acknowledged: from then on, a COUNT reads it.
+        # Success or failure alike, whatever the cache held is stale or
+        # uncertain.
+        self._counts.pop(account.lower(), None)
+        return result
+
     def count(self, cookie):
-        return self._as(cookie, self.storage.count)
+        return self._as(cookie, self._count)
+
+    def _count(self, account):
+        key = account.lower()
+        cached = self._counts.get(key)
+        if cached is not None:
+            return defer.succeed(cached)
+
+        def counted(messages):
+            # Every change to a mailbox goes through this service, and drops
+            # its entry before it is acknowledged; a read fired before that
+            # change's callback saw the database before it, and is dropped by it.
+            if len(self._counts) >= COUNT_CACHE:
+                self._counts.clear()
+            self._counts[key] = messages
+            return messages
+
+        return self.storage.count(account).addCallback(counted)
 
     def list(self, cookie, sender=None):
         return self._as(cookie, self.storage.headers, sender)
@@ -265,7 +295,12 @@ class SharedService(service.Service):
 
     def delete(self, cookie, message_id=None):
         """Delete message C{message_id}, or the oldest; fire with its id."""
-        return self._as(cookie, self.storage.delete, message_id)
+        return self._as(
+            cookie,
+            lambda account: self.storage.delete(account, message_id).addBoth(
+                self._mailbox_changed, account
+            ),
+        )
 
     def delete_subject(self, cookie, subject):
         """Delete every message with this subject; fire with how many."""
@@ -275,9 +310,12 @@ class SharedService(service.Service):
                 raise errors.NoSuchMessage("no message with that subject")
             return count
 
-        return self._as(cookie, self.storage.delete_subject, subject).addCallback(
-            deleted
-        )
+        return self._as(
+            cookie,
+            lambda account: self.storage.delete_subject(account, subject).addBoth(
+                self._mailbox_changed, account
+            ),
+        ).addCallback(deleted)
 
     def dump(self):
         """Log a summary of the stored state (never passwords or bodies)."""

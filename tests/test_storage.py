@@ -285,3 +285,38 @@ async def test_quick_reads_go_to_the_thread_when_their_connection_fails(path):
         assert await within(storage.count("bob")) == 1
     finally:
         await within(storage.stop())
+
+
+@pytest_twisted.ensureDeferred
+async def test_count_sees_every_acknowledged_change_with_the_database_thread(path):
+    from twisted.internet import reactor
+
+    from mailsvc.passwords import Passwords
+    from mailsvc.service import SharedService
+
+    service = SharedService(SQLiteStorage.open(path, reactor), Passwords.inline(), reactor)
+    service.startService()
+    try:
+        bob = await within(service.register("bob", "pw"))
+        alice = await within(service.register("alice", "pw"))
+        expected = 0
+        for round in range(10):
+            # COUNTs in flight while the deliveries commit, to any name's case.
+            during = [service.count(bob)]
+            sends = [
+                service.send(alice, ("bob", "BOB", "Bob")[i % 3], "s%d" % round, "b")
+                for i in range(5)
+            ]
+            during.append(service.count(bob))
+            await within(defer.gatherResults(sends))
+            expected += 5
+            for seen in await within(defer.gatherResults(during)):
+                assert expected - 5 <= seen <= expected
+            assert await within(service.count(bob)) == expected
+        await within(service.delete(bob))
+        assert await within(service.count(bob)) == expected - 1
+        assert await within(service.delete_subject(bob, "s3")) == 5
+        assert await within(service.count(bob)) == expected - 6
+        assert await within(service.count(alice)) == 0
+    finally:
+        await within(service.stopService())
