@@ -905,6 +905,11 @@ def targets(results):
     return checks
 
 
+def figure(value):
+    """3036483 as 3,036,483; 12.0 as 12; 0.834 as it is."""
+    return "{:,.0f}".format(value) if value >= 1000 else "{:g}".format(value)
+
+
 VERDICT = {True: "met", False: "NOT REACHED", None: "(CPython target)"}
 
 
@@ -925,8 +930,8 @@ def print_table(results, out=sys.stdout):
     print("\ntargets:", file=out)
     for c in results.get("targets", []):
         print("  %-58s measured %-10s goal %-8s %-12s %s" % (
-            c["target"], "%s %s" % (c["measured"], c["unit"] if c["unit"] != "ratio" else ""),
-            c["goal"], VERDICT[c["met"]],
+            c["target"], "%s %s" % (figure(c["measured"]), c["unit"] if c["unit"] != "ratio" else ""),
+            figure(c["goal"]), VERDICT[c["met"]],
             "(%s)" % c["spread"] if c.get("spread") else ""), file=out)
     profiles = results.get("profiles")
     if isinstance(profiles, str):
@@ -1000,7 +1005,7 @@ def markdown(results, out=sys.stdout):
     for c in results.get("targets", []):
         unit = "" if c["unit"] == "ratio" else " " + c["unit"]
         w("| %s | %s%s | %s%s | %s | %s |" % (
-            c["target"], c["measured"], unit, "{:g}".format(c["goal"]), unit,
+            c["target"], figure(c["measured"]), unit, figure(c["goal"]), unit,
             VERDICT[c["met"]].replace("NOT REACHED", "**not reached**"),
             c.get("spread", "")))  # fmt: skip
     profiles = results.get("profiles")
