@@ -404,3 +404,14 @@ def test_a_client_gone_in_the_middle_of_a_send_leaves_nothing(wire, service, mai
     assert other("COUNT " + cookie) == ["COUNTED 0"]
     summary = service.storage.summary().result
     assert (summary["messages"], summary["staged"]) == (0, 1)
+
+
+def test_replies_to_the_requests_of_one_read_leave_in_one_write(wire):
+    writes = []
+    write = wire.transport.write
+    wire.transport.write = lambda data: (writes.append(data), write(data))
+    wire("REGISTER alice pw")
+    writes.clear()
+    assert wire.feed("COUNT\nHELP\nCOUNT\n")[0] == "COUNTED 0"
+    # Three replies, one write: the socket gets one send() for them.
+    assert len(writes) == 1 and writes[0].count(b"COUNTED 0\r\n") == 2
