@@ -185,6 +185,12 @@ class InlineExecutor:
 
 
 _STOP = object()
+# Seconds before the reactor's read-only connection is opened again after an error.
+READER_RETRY = 1.0
+
+
+class _NoReader(Exception):
+    """The read-only connection is resting after an error: use the thread."""
 
 
 class GroupCommitExecutor:
@@ -198,6 +204,7 @@ class GroupCommitExecutor:
         self._connection = None
         self._connect_reader = connect_reader
         self._reader = None
+        self._reader_retry_at = 0.0
         self._reactor = reactor
         self._max_batch = max_batch
         self._requests = queue.SimpleQueue()
@@ -216,8 +223,13 @@ class GroupCommitExecutor:
                 return defer.succeed(self._read_now(work, args))
             except sqlite3.Error:
                 # The thread's connection recovers, or reports the storage
-                # unavailable; this one is opened again next time.
+                # unavailable. This one is opened again after a pause: while
+                # the disk is in trouble, the reactor does not try it for
+                # every request.
                 self._close_reader()
+                self._reader_retry_at = self._reactor.seconds() + READER_RETRY
+            except _NoReader:
+                pass
             except Exception:
                 return defer.fail()
         d = defer.Deferred()
@@ -233,6 +245,8 @@ class GroupCommitExecutor:
         and the read goes to the thread).
         """
         if self._reader is None:
+            if self._reactor.seconds() < self._reader_retry_at:
+                raise _NoReader()
             self._reader = self._connect_reader()
         return work(self._reader, *args)
 
