@@ -23,6 +23,12 @@ from twisted.logger import Logger
 
 log = Logger()
 
+# What may wait for one connection before it is written at once: Twisted's
+# own write buffer size. Past it the transport pauses the protocol's producer
+# (see lines.OutputBuffer), which stops the reading of further requests in
+# the same turn, as it would without the coalescer.
+FLUSH_AT = 64 * 1024
+
 
 def _holds_nothing(transport):
     # Twisted's own buffer attributes (the same in Twisted 22.10 to 26):
@@ -55,8 +61,18 @@ def write_now(transport, data):
     transport.write(data)
 
 
+class _Parts(list):
+    """What waits for a connection that was sent more than once in a turn."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, first, second):
+        super().__init__((first, second))
+        self.size = len(first) + len(second)
+
+
 def _joined(waiting):
-    return b"".join(waiting) if type(waiting) is list else waiting
+    return b"".join(waiting) if type(waiting) is _Parts else waiting
 
 
 class WriteCoalescer:
@@ -84,10 +100,16 @@ class WriteCoalescer:
             self._order.append(connection)
             if self._call is None:
                 self._call = self._clock.callLater(0, self._drain)
-        elif type(waiting) is list:
+            size = len(data)
+        elif type(waiting) is _Parts:
             waiting.append(data)
+            waiting.size += len(data)
+            size = waiting.size
         else:
-            queued[connection] = [waiting, data]
+            waiting = queued[connection] = _Parts(waiting, data)
+            size = waiting.size
+        if size >= FLUSH_AT:
+            self.flush(connection)
 
     def pending(self, connection):
         """How many bytes wait for C{connection}."""
@@ -105,17 +127,19 @@ class WriteCoalescer:
 
     def _drain(self):
         order, queued = self._order, self._queued
-        for _ in range(min(self._per_turn, len(order))):
-            connection = order.popleft()
-            data = queued.pop(connection, None)
-            # None: flushed or forgotten since.
-            if data is None:
-                continue
-            if type(data) is list:
-                data = b"".join(data)
-            try:
-                write_now(connection.transport, data)
-            except Exception:
-                log.failure("write to {connection} failed", connection=connection)
-                connection.transport.abortConnection()
-        self._call = self._clock.callLater(0, self._drain) if order else None
+        try:
+            for _ in range(min(self._per_turn, len(order))):
+                connection = order.popleft()
+                data = queued.pop(connection, None)
+                # None: flushed or forgotten since.
+                if data is None:
+                    continue
+                if type(data) is _Parts:
+                    data = b"".join(data)
+                try:
+                    write_now(connection.transport, data)
+                except Exception:
+                    log.failure("write to {connection} failed", connection=connection)
+                    connection.transport.abortConnection()
+        finally:
+            self._call = self._clock.callLater(0, self._drain) if order else None

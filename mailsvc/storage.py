@@ -221,7 +221,7 @@ class GroupCommitExecutor:
         if self._connect_reader is not None and getattr(work, "quick", False):
             try:
                 return defer.succeed(self._read_now(work, args))
-            except sqlite3.Error:
+            except (sqlite3.Error, OSError):
                 # The thread's connection recovers, or reports the storage
                 # unavailable. This one is opened again after a pause: while
                 # the disk is in trouble, the reactor does not try it for
@@ -258,6 +258,7 @@ class GroupCommitExecutor:
     def stop(self):
         """Finish every request already submitted, then close the database."""
         self._close_reader()
+        self._connect_reader = None
         if self._thread is None:
             return defer.succeed(None)
         self._thread = None
@@ -379,6 +380,10 @@ class SQLiteStorage:
         connection when the storage starts (after twistd has daemonized).
         """
         connect(path).close()
+        if path != ":memory:":
+            # The reader opens it by this name later: whatever the working
+            # directory is then.
+            path = os.path.abspath(path)
         # Never create it again: a database deleted under a running server must
         # not come back empty.
         return cls(

@@ -6,7 +6,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.testing import StringTransport
 
 from conftest import within
-from mailsvc.coalesce import WriteCoalescer, write_now
+from mailsvc.coalesce import FLUSH_AT, WriteCoalescer, write_now
 
 
 class CountingTransport(StringTransport):
@@ -94,6 +94,22 @@ def test_flush_writes_now_and_forget_drops(clock):
     writes.forget(b)
     clock.advance(0)
     assert a.transport.writes == [b"bye\r\n"] and b.transport.writes == []
+
+
+def test_a_buffer_full_is_written_at_once(clock):
+    # So that the transport can tell the protocol to stop reading requests
+    # before the turn ends.
+    writes = WriteCoalescer(clock)
+    a = Connection()
+    line = b"x" * 1000 + b"\r\n"
+    for _ in range(FLUSH_AT // len(line)):
+        writes.write(a, line)
+    assert a.transport.writes == []
+    writes.write(a, line)
+    assert len(a.transport.value()) == (FLUSH_AT // len(line) + 1) * len(line)
+    assert writes.pending(a) == 0
+    writes.write(a, b"x" * FLUSH_AT)
+    assert len(a.transport.writes) == 2
 
 
 class Sink(protocol.Protocol):

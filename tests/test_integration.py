@@ -6,7 +6,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from zope.interface import implementer
 
-from conftest import within
+from conftest import inline_service, within
 from mailsvc.mailprotocol import MailFactory
 from mailsvc.passwords import Passwords, cheap_hasher
 from mailsvc.service import SharedService
@@ -140,3 +140,45 @@ async def test_password_hashing_does_not_block_other_connections(tmp_path):
         may_finish.set()
         await within(defer.maybeDeferred(port.stopListening))
         await within(service.stopService())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_pipelines_and_never_reads_is_held_within_a_turn():
+    from twisted.internet import reactor
+
+    from mailsvc.coalesce import FLUSH_AT
+    from mailsvc.mailprotocol import MailProtocol
+
+    class Watched(MailProtocol):
+        def hold(self, reason):
+            super().hold(reason)
+            if reason == "output" and not self.factory.held.called:
+                self.factory.held.callback(self)
+
+    service = inline_service(reactor)
+    factory = MailFactory(service)
+    factory.protocol = Watched
+    factory.held = defer.Deferred()
+    port = await within(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory))
+    client = await connect(port.getHost().port)
+    try:
+        client.transport.pauseProducing()  # it never reads
+        # 13,107 requests in one read, each answered with the whole HELP.
+        client.transport.write(b"HELP\n" * (64 * 1024 // 5))
+        server = await within(factory.held)
+        transport = server.transport
+        waiting = (
+            len(transport.dataBuffer)
+            - transport.offset
+            + transport._tempDataLen
+            + factory.writes.pending(server)
+        )
+        # Held as soon as Twisted's buffer is full, not after answering every
+        # request the read brought: what waits is a buffer's worth or two.
+        assert waiting <= 2 * FLUSH_AT + 4096
+        assert server._buffer
+    finally:
+        client.transport.abortConnection()
+        await within(client.closed)
+        await within(port.stopListening())
+        service.stopService()
