@@ -161,27 +161,6 @@ class SharedService(service.Service):
 
         return d.addCallback(removed)
 
-    def account(self, cookie):
-        """Fire with the account name of a session. L{errors.NotLoggedIn}."""
-        if cookie is None:
-            return defer.fail(errors.NotLoggedIn())
-        token_hash = _token_hash(cookie)
-        session = self._sessions.get(token_hash)
-        if session is not None:
-            try:
-                return defer.succeed(self._use(token_hash, session))
-            except errors.NotLoggedIn:
-                return defer.fail()
-
-        def found(row):
-            if row is None:
-                raise errors.NotLoggedIn("unknown or expired session")
-            account, last_used = row
-            session = self._sessions[token_hash] = _Session(account, last_used, last_used)
-            return self._use(token_hash, session)
-
-        return self.storage.session_account(token_hash).addCallback(found)
-
     def _use(self, token_hash, session):
         now = self.clock.seconds()
         if self.session_ttl and now - session.last_used > self.session_ttl:
@@ -208,16 +187,26 @@ class SharedService(service.Service):
 
     def _as(self, cookie, work, *args):
         """Run C{work(account, *args)} for the session of C{cookie}."""
-        if cookie is not None:
-            token_hash = _token_hash(cookie)
-            session = self._sessions.get(token_hash)
-            if session is not None:
-                # Nearly every request: no Deferred to wait for the account.
-                try:
-                    return work(self._use(token_hash, session), *args)
-                except Exception:
-                    return defer.fail()
-        return self.account(cookie).addCallback(work, *args)
+        if cookie is None:
+            return defer.fail(errors.NotLoggedIn())
+        token_hash = _token_hash(cookie)
+        session = self._sessions.get(token_hash)
+        if session is not None:
+            # Nearly every request: no Deferred to wait for the account.
+            try:
+                return work(self._use(token_hash, session), *args)
+            except Exception:
+                return defer.fail()
+
+        def found(row):
+            if row is None:
+                raise errors.NotLoggedIn("unknown or expired session")
+            account, last_used = row
+            session = self._sessions[token_hash] = _Session(account, last_used, last_used)
+            return self._use(token_hash, session)
+
+        d = self.storage.session_account(token_hash)
+        return d.addCallback(found).addCallback(work, *args)
 
     # Staging (the Simple Mail Server Protocol)
 

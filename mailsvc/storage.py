@@ -189,10 +189,6 @@ _STOP = object()
 READER_RETRY = 1.0
 
 
-class _NoReader(Exception):
-    """The read-only connection is resting after an error: use the thread."""
-
-
 class GroupCommitExecutor:
     """
     Runs requests on one database thread, as many as are waiting in each
@@ -218,7 +214,7 @@ class GroupCommitExecutor:
         self._thread.start()
 
     def submit(self, work, *args):
-        if self._connect_reader is not None and getattr(work, "quick", False):
+        if getattr(work, "quick", False) and self._reader_ready():
             try:
                 return defer.succeed(self._read_now(work, args))
             except (sqlite3.Error, OSError):
@@ -228,8 +224,6 @@ class GroupCommitExecutor:
                 # every request.
                 self._close_reader()
                 self._reader_retry_at = self._reactor.seconds() + READER_RETRY
-            except _NoReader:
-                pass
             except Exception:
                 return defer.fail()
         d = defer.Deferred()
@@ -245,10 +239,17 @@ class GroupCommitExecutor:
         and the read goes to the thread).
         """
         if self._reader is None:
-            if self._reactor.seconds() < self._reader_retry_at:
-                raise _NoReader()
             self._reader = self._connect_reader()
         return work(self._reader, *args)
+
+    def _reader_ready(self):
+        """Whether there is a reader, or one may be opened now."""
+        if self._reader is not None:
+            return True
+        return (
+            self._connect_reader is not None
+            and self._reactor.seconds() >= self._reader_retry_at
+        )
 
     def _close_reader(self):
         if self._reader is not None:
