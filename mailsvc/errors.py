@@ -1,14 +1,18 @@
 """
-The errors the shared service raises.
+The errors the service, the store and the room raise: types, not wire words.
 
-Each carries the short human reason a protocol sends after C{KO}; protocols trap
-L{MailsvcError} and never need to know which subclass it was, except where the
-wire protocol prescribes a special reply (C{You should log in first.}).
+Each carries a short, front-neutral C{reason}; a front maps the types it has
+words of its own for (see each front's C{WORDS} table) and falls back on the
+reason for the rest. The login refusals are also twisted.cred's
+L{UnauthorizedLogin}, so Twisted's own protocols (POP3, SMTP AUTH) treat them
+as a failed login.
 """
+
+from twisted.cred.error import UnauthorizedLogin
 
 
 class MailsvcError(Exception):
-    """A request that the service refused, with a reason fit for the wire."""
+    """A request that the service refused, with a reason fit for a reply."""
 
     reason = "request refused"
 
@@ -22,6 +26,10 @@ class InvalidName(MailsvcError):
     reason = "invalid user name: use 1 to 32 letters or digits"
 
 
+class InvalidPassword(MailsvcError):
+    reason = "invalid password"
+
+
 class NameTaken(MailsvcError):
     reason = "user name already taken"
 
@@ -30,8 +38,12 @@ class UnknownUser(MailsvcError):
     reason = "no such user"
 
 
-class BadCredentials(MailsvcError):
+class BadCredentials(MailsvcError, UnauthorizedLogin):
     reason = "wrong user name or password"
+
+
+class TooManyFailures(MailsvcError, UnauthorizedLogin):
+    reason = "too many failed attempts: try again later"
 
 
 class NotLoggedIn(MailsvcError):
@@ -39,7 +51,17 @@ class NotLoggedIn(MailsvcError):
 
 
 class NothingStaged(MailsvcError):
-    reason = "no staged message: send MESSAGE <text> first"
+    reason = "no staged message"
+
+
+class TooManyStaged(MailsvcError):
+    """@ivar limit: how many texts one session may stage."""
+
+    reason = "too many staged messages"
+
+    def __init__(self, limit):
+        self.limit = limit
+        super().__init__("too many staged messages: at most %d" % (limit,))
 
 
 class EmptyMailbox(MailsvcError):
@@ -58,12 +80,10 @@ class MailboxFull(MailsvcError):
     reason = "mailbox is full"
 
 
-class TooManyStaged(MailsvcError):
-    reason = "too many staged messages"
+class Conflict(MailsvcError):
+    """A request that contradicts what is stored now (a session removed meanwhile)."""
 
-
-class TooManyFailures(MailsvcError):
-    reason = "too many failed attempts: try again later"
+    reason = "conflicting request, try again"
 
 
 class StorageUnavailable(MailsvcError):
@@ -79,8 +99,22 @@ class NickTaken(MailsvcError):
 
 
 class NickReserved(MailsvcError):
-    reason = "nickname belongs to a mail account: NICK <name> <password>"
+    reason = "nickname belongs to a mail account"
 
 
 class NoSuchNick(MailsvcError):
+    """@ivar nick: the nickname asked for."""
+
     reason = "no such nickname"
+
+    def __init__(self, nick):
+        self.nick = nick
+        super().__init__("no such nickname: %s" % (nick,))
+
+
+class NotHere(NoSuchNick):
+    """C{nick} is not in the room, and the sender may not mail its mailbox."""
+
+    def __init__(self, nick):
+        super().__init__(nick)
+        self.reason = "%s is not here" % (nick,)

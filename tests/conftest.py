@@ -4,10 +4,10 @@ import gc
 import pytest
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
-from mailsvc.mailprotocol import MailFactory
-from mailsvc.passwords import Passwords
-from mailsvc.service import SharedService
-from mailsvc.storage import SQLiteStorage
+from mailsvc.fronts.mail import MailFactory
+from mailsvc.core.passwords import Passwords
+from mailsvc.core.service import SharedService
+from mailsvc.store.sqlite import SQLiteStorage
 
 
 @contextlib.contextmanager
@@ -61,6 +61,14 @@ async def closed(*clients):
     for c in clients:
         c.transport.loseConnection()
         await within(c.closed)
+
+
+def fired(d):
+    """The result of a Deferred that must have fired already."""
+    results = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    return results[0]
 
 
 def inline_service(clock, path=":memory:"):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from mailsvc.chatprotocol import ChatFactory
+from mailsvc.core.events import Shutdown
+from mailsvc.fronts.chat import ChatFactory
 from wire import Wire
 
 
@@ -166,7 +167,7 @@ def test_shutdown_notice_reaches_every_chat_connection(chat, join):
     alice = join("alice")
     waiting = Wire(chat)
     waiting.replies()
-    chat.announce_shutdown(5)
+    chat.announce_shutdown(Shutdown(5))
     assert alice.replies() == ["Server will shut down in 5 seconds"]
     assert waiting.replies() == ["Server will shut down in 5 seconds"]
 

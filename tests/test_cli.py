@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest_twisted
+from mailsvc.core.events import Shutdown
 from twisted.internet import defer, protocol
 
 from conftest import within
@@ -150,7 +151,7 @@ async def test_a_chat_session_through_stdin(mailsvc_server):
     private = await within(events.__anext__())
     assert (said.nick, said.text) == ("dave", "hello carol")
     assert (private.kind, private.text) == ("private", "psst")
-    mailsvc_server.chat_factory.announce_shutdown(5)
+    mailsvc_server.chat_factory.announce_shutdown(Shutdown(5))
     await captured.printed("shutting down in 5 seconds")
     assert (await within(events.__anext__())).kind == "shutdown"
     process.closeStdin()  # end of input: BYE

@@ -6,7 +6,7 @@ from twisted.internet import defer
 
 from conftest import closed, within
 from mailsvc import client as mc
-from mailsvc.mailprotocol import MailFactory, MailProtocol
+from mailsvc.fronts.mail import MailFactory, MailProtocol
 
 
 async def mail_client(mailsvc_server, **options):

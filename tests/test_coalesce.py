@@ -6,7 +6,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.testing import StringTransport
 
 from conftest import within
-from mailsvc.coalesce import FLUSH_AT, WriteCoalescer, write_now
+from mailsvc.fronts.coalesce import FLUSH_AT, WriteCoalescer, write_now
 
 
 class CountingTransport(StringTransport):

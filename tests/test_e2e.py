@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from mailsvc.mailprotocol import HELP
+from mailsvc.fronts.mail import HELP
 from mailsvc.testing.process import (
     START_TIMEOUT,
     STOP_TIMEOUT,
@@ -536,8 +536,8 @@ def test_the_default_ports_are_valid_endpoints(tmp_path):
         "from mailsvc.tap import Options\n"
         "options = Options()\n"
         "options.parseOptions(['--db', 'x.sqlite'])\n"
-        "for name in ('port', 'chat-port'):\n"
-        "    endpoints.serverFromString(reactor, options[name])\n"
+        "for front in options.fronts:\n"
+        "    endpoints.serverFromString(reactor, options[front.option])\n"
     )
     result = run([sys.executable, "-c", check], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -546,7 +546,7 @@ def test_the_default_ports_are_valid_endpoints(tmp_path):
 def test_twistd_mailsvc_help_documents_the_options(tmp_path):
     result = run([TWISTD, "mailsvc", "--help"], cwd=tmp_path)
     assert result.returncode == 0
-    for option in ("--port=", "--chat-port=", "--db="):
+    for option in ("--mail-port=", "-p, --port=", "--chat-port=", "--db="):
         assert option in result.stdout, option
 
 
@@ -643,9 +643,8 @@ def test_daemon_mode(tmp_path):
         assert result.returncode == 0
         pid = int(pidfile.read_text())
         assert process_alive(pid) and is_twistd(pid)
-        started = re.search(r"\] (?:[\w.]+\.)?MailFactory starting on (\d+)",
-                            logfile.read_text())
-        assert started, "no 'starting on' in the log file"
+        started = re.search(r"\] front mail listening on .*:(\d+)", logfile.read_text())
+        assert started, "no 'front mail listening on' in the log file"
         with Client(int(started.group(1))) as c:
             assert c("COUNT") == [LOGIN_FIRST]
             assert c("HELP") == HELP_REPLY

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from mailsvc.chatprotocol import HELP
+from mailsvc.fronts.chat import HELP
 from mailsvc.testing.process import SOCKET_TIMEOUT, STOP_TIMEOUT
 
 pytestmark = pytest.mark.e2e

@@ -29,11 +29,11 @@ from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 
 from conftest import describe, errors_logged
-from mailsvc.chatprotocol import ChatFactory
-from mailsvc.mailprotocol import HELP, MailFactory, MailProtocol
-from mailsvc.passwords import Passwords
-from mailsvc.service import SharedService
-from mailsvc.storage import SQLiteStorage
+from mailsvc.fronts.chat import ChatFactory
+from mailsvc.fronts.mail import HELP, MailFactory, MailProtocol
+from mailsvc.core.passwords import Passwords
+from mailsvc.core.service import SharedService
+from mailsvc.store.sqlite import SQLiteStorage
 from mailsvc.testing.process import MULTILINE, SOCKET_TIMEOUT
 from wire import Wire
 

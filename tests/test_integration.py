@@ -7,10 +7,10 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from zope.interface import implementer
 
 from conftest import inline_service, within
-from mailsvc.mailprotocol import MailFactory
-from mailsvc.passwords import Passwords, cheap_hasher
-from mailsvc.service import SharedService
-from mailsvc.storage import SQLiteStorage
+from mailsvc.fronts.mail import MailFactory
+from mailsvc.core.passwords import Passwords, cheap_hasher
+from mailsvc.core.service import SharedService
+from mailsvc.store.sqlite import SQLiteStorage
 
 
 @implementer(IHalfCloseableProtocol)
@@ -120,6 +120,7 @@ async def test_password_hashing_does_not_block_other_connections(tmp_path):
         Passwords(slow, cheap_hasher()),
         reactor,
     )
+    service.storage.startService()
     service.startService()
     port = await within(
         TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(MailFactory(service))
@@ -139,15 +140,16 @@ async def test_password_hashing_does_not_block_other_connections(tmp_path):
     finally:
         may_finish.set()
         await within(defer.maybeDeferred(port.stopListening))
-        await within(service.stopService())
+        service.stopService()
+        await within(service.storage.stopService())
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_client_that_pipelines_and_never_reads_is_held_within_a_turn():
     from twisted.internet import reactor
 
-    from mailsvc.coalesce import FLUSH_AT
-    from mailsvc.mailprotocol import MailProtocol
+    from mailsvc.fronts.coalesce import FLUSH_AT
+    from mailsvc.fronts.mail import MailProtocol
 
     class Watched(MailProtocol):
         def hold(self, reason):

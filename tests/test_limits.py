@@ -2,12 +2,13 @@
 
 import pytest
 
-from conftest import inline_service
-from mailsvc.chatprotocol import ChatFactory
-from mailsvc.mailprotocol import MailFactory
-from mailsvc.passwords import Passwords
-from mailsvc.service import SharedService
-from mailsvc.storage import Quotas, SQLiteStorage
+from conftest import fired, inline_service
+from mailsvc.fronts.chat import ChatFactory
+from mailsvc.fronts.mail import MailFactory
+from mailsvc.core.passwords import Passwords
+from mailsvc.core.service import SharedService
+from mailsvc.store import Quotas
+from mailsvc.store.sqlite import SQLiteStorage
 from wire import Wire
 
 
@@ -272,7 +273,7 @@ class HeldPasswords:
     """Passwords whose checks wait until release()."""
 
     def __init__(self):
-        from mailsvc.passwords import Passwords
+        from mailsvc.core.passwords import Passwords
 
         self.pending = []
         self.passwords = Passwords(self._hold)
@@ -377,7 +378,7 @@ def test_a_client_gone_while_its_nick_is_checked_leaves_no_ghost(clock):
     gone("NICK alice pw")
     gone.protocol.connectionLost(None)
     held.release()
-    assert service.room.who() == []
+    assert fired(service.room.who()) == []
     # The nick deadline passes in the middle of the password check.
     timed_out.replies()
     timed_out("NICK alice pw")
@@ -385,7 +386,7 @@ def test_a_client_gone_while_its_nick_is_checked_leaves_no_ghost(clock):
     assert timed_out.replies() == ["* error: idle timeout"]
     timed_out.protocol.connectionLost(None)
     held.release()
-    assert service.room.who() == []
+    assert fired(service.room.who()) == []
     again = Wire(factory)
     again.replies()
     assert again("NICK alice pw") == []

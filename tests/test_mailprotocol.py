@@ -2,7 +2,7 @@
 
 import pytest
 
-from mailsvc.service import COOKIE
+from mailsvc.core.names import COOKIE
 from wire import Wire, signed
 
 
@@ -176,7 +176,7 @@ def test_send_without_session_reads_the_body_first(wire):
 
 
 def test_send_body_too_large(service, clock):
-    from mailsvc.mailprotocol import MailFactory
+    from mailsvc.fronts.mail import MailFactory
 
     wire = Wire(MailFactory(service, max_body=10, clock=clock))
     login(wire)
@@ -314,10 +314,10 @@ class HeldExecutor:
 
 @pytest.fixture
 def held(clock):
-    from mailsvc.mailprotocol import MailFactory
-    from mailsvc.passwords import Passwords
-    from mailsvc.service import SharedService
-    from mailsvc.storage import InlineExecutor, SQLiteStorage, connect
+    from mailsvc.fronts.mail import MailFactory
+    from mailsvc.core.passwords import Passwords
+    from mailsvc.core.service import SharedService
+    from mailsvc.store.sqlite import InlineExecutor, SQLiteStorage, connect
 
     executor = HeldExecutor(InlineExecutor(connect(":memory:")))
     service = SharedService(SQLiteStorage(executor), Passwords.inline(), clock)
@@ -368,7 +368,7 @@ def test_the_line_limit_does_not_count_the_line_ending(wire):
 
 
 def test_a_client_that_does_not_read_replies_is_not_read_either(wire):
-    from mailsvc.lines import INPUT_BUFFER
+    from mailsvc.fronts.lines import INPUT_BUFFER
 
     # The transport says its write buffer is full: requests wait, unanswered,
     # instead of piling replies up in memory...

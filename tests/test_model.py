@@ -31,10 +31,12 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from mailsvc.mailprotocol import MailFactory
-from mailsvc.passwords import Passwords
-from mailsvc.service import COOKIE, SharedService
-from mailsvc.storage import Quotas, SQLiteStorage
+from mailsvc.fronts.mail import MailFactory
+from mailsvc.core.passwords import Passwords
+from mailsvc.core.names import COOKIE
+from mailsvc.core.service import SharedService
+from mailsvc.store import Quotas
+from mailsvc.store.sqlite import SQLiteStorage
 from wire import Wire
 
 # Hypothesis caches what it learns even without an example database: not in

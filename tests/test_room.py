@@ -1,15 +1,18 @@
-"""The chat room with fake participants."""
+"""The chat room with fake participants, over the in-process bus."""
 
 import pytest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from mailsvc import errors
-from mailsvc.chatlog import ChatLog
-from mailsvc.room import ChatRoom, IChatParticipant
+from mailsvc.core import events
+from mailsvc.core.chatlog import ChatLog
+from mailsvc.core.room import ChatRoom
+from mailsvc.fronts.chat import line
+from mailsvc.interfaces import IParticipant
 
 
-@implementer(IChatParticipant)
+@implementer(IParticipant)
 class Participant:
     nick = None
     account = None
@@ -17,9 +20,11 @@ class Participant:
     def __init__(self, peer="127.0.0.1:1"):
         self.peer = peer
         self.received = []
+        self.events = []
 
-    def send(self, data):
-        self.received.extend(data.decode("utf-8").split("\r\n")[:-1])
+    def receive(self, event):
+        self.events.append(event)
+        self.received.extend(event.render(line).decode("utf-8").split("\r\n")[:-1])
 
     def take(self):
         received, self.received = self.received, []
@@ -27,7 +32,7 @@ class Participant:
 
 
 class Broken(Participant):
-    def send(self, data):
+    def receive(self, event):
         raise OSError("gone")
 
 
@@ -36,61 +41,90 @@ def room():
     return ChatRoom(history=3)
 
 
+def join(room, participant, nick, account=None):
+    """Join at once (the in-process presence answers at once); the history's lines."""
+    fired = []
+    room.join(participant, nick, account).addBoth(fired.append)
+    [result] = fired
+    if not isinstance(result, events.History):
+        result.raiseException()
+    return result.render(line).decode("utf-8").split("\r\n")[:-1]
+
+
+def who(room):
+    fired = []
+    room.who().addCallback(fired.append)
+    return fired[0]
+
+
 def test_participant_provides_the_interface():
-    assert verifyObject(IChatParticipant, Participant())
+    assert verifyObject(IParticipant, Participant())
 
 
 def test_join_announces_to_the_others(room):
     alice, bob = Participant(), Participant()
-    assert room.join(alice, "alice") == b""
-    room.join(bob, "bob")
+    assert join(room, alice, "alice") == []
+    join(room, bob, "bob")
     assert alice.take() == ["* bob joined"]
     assert bob.take() == []
-    assert room.who() == ["alice", "bob"]
+    assert who(room) == ["alice", "bob"]
 
 
 def test_nick_rules(room):
-    room.join(Participant(), "alice")
+    join(room, Participant(), "alice")
     with pytest.raises(errors.NickTaken):
-        room.join(Participant(), "ALICE")
+        join(room, Participant(), "ALICE")
     for bad in ("", "a b", "x" * 33, "é", "a*b"):
         with pytest.raises(errors.InvalidNick):
-            room.join(Participant(), bad)
-    room.join(Participant(), "under_score-dash")
+            join(room, Participant(), bad)
+    join(room, Participant(), "under_score-dash")
 
 
 def test_say_reaches_everyone_but_the_sender_encoded_once(room):
     alice, bob, carol = Participant(), Participant(), Participant()
     for p, nick in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
-        room.join(p, nick)
+        join(room, p, nick)
     for p in (alice, bob, carol):
         p.take()
-    payloads = []
-    bob.send = carol.send = payloads.append
     room.say(alice, "héllo")
     assert alice.take() == []
-    assert payloads == [b"alice: h\xc3\xa9llo\r\n"] * 2
-    assert payloads[0] is payloads[1]
+    assert bob.take() == carol.take() == ["alice: héllo"]
+    [said] = bob.events[-1:]
+    assert carol.events[-1] is said
+    assert said.render(line) == b"alice: h\xc3\xa9llo\r\n"
+    assert said.render(line) is said.render(line)
+
+
+def test_an_event_is_rendered_once_per_format():
+    calls = []
+
+    def shout(event):
+        calls.append(event)
+        return event.text.upper()
+
+    said = events.Said("alice", "hi")
+    assert [said.render(shout) for _ in range(3)] == ["HI"] * 3
+    assert said.render(line) == b"alice: hi\r\n"
+    assert calls == [said]
 
 
 def test_leave_frees_the_nick_and_tells_the_others(room):
     alice, bob = Participant(), Participant()
-    room.join(alice, "alice")
-    room.join(bob, "bob")
+    join(room, alice, "alice")
+    join(room, bob, "bob")
     room.leave(bob)
     assert alice.take()[-1] == "* bob left"
     room.leave(bob)  # twice is harmless
     assert alice.take() == []
-    room.join(Participant(), "bob")
+    join(room, Participant(), "bob")
 
 
 def test_history_is_the_last_messages_marked(room):
     alice = Participant()
-    room.join(alice, "alice")
+    join(room, alice, "alice")
     for i in range(5):
         room.say(alice, "m%d" % i)
-    history = room.join(Participant(), "bob")
-    assert history.decode().split("\r\n")[:-1] == [
+    assert join(room, Participant(), "bob") == [
         "[history] alice: m2",
         "[history] alice: m3",
         "[history] alice: m4",
@@ -100,41 +134,41 @@ def test_history_is_the_last_messages_marked(room):
 def test_no_history_when_turned_off():
     room = ChatRoom(history=0)
     alice = Participant()
-    room.join(alice, "alice")
+    join(room, alice, "alice")
     room.say(alice, "hello")
-    assert room.join(Participant(), "bob") == b""
+    assert join(room, Participant(), "bob") == []
 
 
 def test_private_messages(room):
     alice, bob, carol = Participant(), Participant(), Participant()
     for p, nick in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
-        room.join(p, nick)
+        join(room, p, nick)
     for p in (alice, bob, carol):
         p.take()
     room.private(alice, "BOB", "psst")
     assert bob.take() == ["*alice* psst"]
     assert carol.take() == [] and alice.take() == []
-    with pytest.raises(errors.NoSuchNick):
-        room.private(alice, "dave", "hello?")
+    room.private(alice, "dave", "hello?")  # nobody here: nobody hears it
+    assert [p.take() for p in (alice, bob, carol)] == [[], [], []]
 
 
 def test_mail_notice_only_to_the_account_holder(room):
     owner, impostor_free_nick = Participant(), Participant()
-    room.join(owner, "alice", account="alice")
-    room.join(impostor_free_nick, "bob")
+    join(room, owner, "alice", account="alice")
+    join(room, impostor_free_nick, "bob")
     owner.take()
-    room.notify_account("Alice", "* new mail from carol: hi")
-    room.notify_account("bob", "* new mail from carol: hi")
+    room.new_mail("Alice", "carol", "hi")
+    room.new_mail("bob", "carol", "hi")
     assert owner.take() == ["* new mail from carol: hi"]
     assert impostor_free_nick.take() == []
 
 
 def test_a_failing_participant_is_removed(room, logged_errors):
     alice, broken = Participant(), Broken()
-    room.join(alice, "alice")
-    room.join(broken, "broken")
+    join(room, alice, "alice")
+    join(room, broken, "broken")
     room.say(alice, "hello")
-    assert room.who() == ["alice"]
+    assert who(room) == ["alice"]
     assert alice.take()[-1] == "* broken left"
     assert len(logged_errors) == 1
     logged_errors.clear()
@@ -146,7 +180,7 @@ def test_chat_log_records_joins_messages_and_leaves(tmp_path, clock):
     chat_log.startService()
     room = ChatRoom(chat_log)
     alice = Participant("127.0.0.1:4242")
-    room.join(alice, "alice")
+    join(room, alice, "alice")
     room.say(alice, "héllo {world}")
     room.leave(alice)
     clock.advance(1)  # the periodic flush

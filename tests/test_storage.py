@@ -6,10 +6,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from conftest import within
+from conftest import fired, within
 from mailsvc import errors
-from mailsvc.schema import MIGRATIONS, SchemaTooNew
-from mailsvc.storage import GroupCommitExecutor, SQLiteStorage, connect
+from mailsvc.store.sqlite.schema import MIGRATIONS, SchemaTooNew
+from mailsvc.store.sqlite import GroupCommitExecutor, SQLiteStorage, connect
 
 
 @pytest.fixture
@@ -75,9 +75,9 @@ def storage(counting):
 
     connect(counting.path).close()
     storage = SQLiteStorage(GroupCommitExecutor(counting, reactor))
-    storage.start()
+    storage.startService()
     yield storage
-    pytest_twisted.blockon(within(storage.stop()))
+    pytest_twisted.blockon(within(storage.stopService()))
 
 
 @pytest_twisted.ensureDeferred
@@ -127,7 +127,7 @@ async def test_a_locked_database_fails_the_request_and_the_storage_recovers(path
 
     connect(path).close()
     storage = SQLiteStorage(GroupCommitExecutor(impatient, reactor))
-    storage.start()
+    storage.startService()
     try:
         await within(storage.add_account("bob", "hash", 0.0))
         blocker = sqlite3.connect(path, isolation_level=None)
@@ -139,7 +139,7 @@ async def test_a_locked_database_fails_the_request_and_the_storage_recovers(path
         assert await within(storage.deliver("bob", "alice", "t", "b", 1.0)) == 1
         assert [m.subject for m in await within(storage.headers("bob"))] == ["t"]
     finally:
-        await within(storage.stop())
+        await within(storage.stopService())
 
 
 @pytest_twisted.ensureDeferred
@@ -148,9 +148,9 @@ async def test_stop_finishes_what_was_submitted(counting):
 
     connect(counting.path).close()
     storage = SQLiteStorage(GroupCommitExecutor(counting, reactor))
-    storage.start()
+    storage.startService()
     pending = [storage.add_account("u%d" % i, "h", 0.0) for i in range(20)]
-    await within(storage.stop())
+    await within(storage.stopService())
     assert len(await within(defer.gatherResults(pending))) == 20
     db = connect(counting.path)
     assert db.execute("SELECT count(*) FROM accounts").fetchone() == (20,)
@@ -164,13 +164,13 @@ async def test_a_database_deleted_under_the_server_is_not_made_again_empty(path)
 
     storage = SQLiteStorage.open(path, reactor)
     os.remove(path)
-    storage.start()
+    storage.startService()
     try:
         with pytest.raises(errors.StorageUnavailable):
             await within(storage.count("bob"))
         assert not os.path.exists(path)
     finally:
-        await within(storage.stop())
+        await within(storage.stopService())
 
 
 @pytest.mark.parametrize(
@@ -186,8 +186,8 @@ async def test_a_database_deleted_under_the_server_is_not_made_again_empty(path)
 async def test_storage_faults_are_refused_cleanly_and_recovered_from(path, breakage):
     from twisted.internet import reactor
 
-    from mailsvc.passwords import Passwords
-    from mailsvc.service import SharedService
+    from mailsvc.core.passwords import Passwords
+    from mailsvc.core.service import SharedService
 
     broken = {"on": False}
 
@@ -203,6 +203,7 @@ async def test_storage_faults_are_refused_cleanly_and_recovered_from(path, break
             Passwords.inline(),
             reactor,
         )
+        service.storage.startService()
         service.startService()
         return service
 
@@ -210,7 +211,8 @@ async def test_storage_faults_are_refused_cleanly_and_recovered_from(path, break
     service = start()
     cookie = await within(service.register("bob", "pw"))
     await within(service.send(cookie, "bob", "before", "x"))
-    await within(service.stopService())
+    service.stopService()
+    await within(service.storage.stopService())
     # The disk fills up (or turns read-only) while the server is down.
     broken["on"] = True
     service = start()
@@ -227,15 +229,8 @@ async def test_storage_faults_are_refused_cleanly_and_recovered_from(path, break
         assert await within(service.send(cookie, "bob", "after", "y")) > 0
         assert [m.subject for m in await within(service.list(cookie))] == ["before", "after"]
     finally:
-        await within(service.stopService())
-
-
-def fired(d):
-    """The result of a Deferred that must have fired already."""
-    results = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    return results[0]
+        service.stopService()
+        await within(service.storage.stopService())
 
 
 @pytest_twisted.ensureDeferred
@@ -243,7 +238,7 @@ async def test_quick_reads_are_answered_at_once_and_never_wait_for_a_writer(path
     from twisted.internet import reactor
 
     storage = SQLiteStorage.open(path, reactor)
-    storage.start()
+    storage.startService()
     try:
         await within(storage.add_account("bob", "hash", 0.0))
         await within(storage.deliver("bob", "alice", "one", "", 1.0))
@@ -264,7 +259,7 @@ async def test_quick_reads_are_answered_at_once_and_never_wait_for_a_writer(path
         headers = storage.headers("bob")
         assert [m.subject for m in await within(headers)] == ["one", "two"]
     finally:
-        await within(storage.stop())
+        await within(storage.stopService())
 
 
 @pytest_twisted.ensureDeferred
@@ -281,7 +276,7 @@ async def test_quick_reads_go_to_the_thread_when_their_connection_fails(path):
     storage = SQLiteStorage(
         GroupCommitExecutor(lambda: connect(path), reactor, connect_reader=broken)
     )
-    storage.start()
+    storage.startService()
     try:
         await within(storage.add_account("bob", "hash", 0.0))
         await within(storage.deliver("bob", "alice", "one", "", 1.0))
@@ -290,17 +285,18 @@ async def test_quick_reads_go_to_the_thread_when_their_connection_fails(path):
         assert await within(storage.count("bob")) == 1
         assert len(attempts) == 1
     finally:
-        await within(storage.stop())
+        await within(storage.stopService())
 
 
 @pytest_twisted.ensureDeferred
 async def test_count_sees_every_acknowledged_change_with_the_database_thread(path):
     from twisted.internet import reactor
 
-    from mailsvc.passwords import Passwords
-    from mailsvc.service import SharedService
+    from mailsvc.core.passwords import Passwords
+    from mailsvc.core.service import SharedService
 
     service = SharedService(SQLiteStorage.open(path, reactor), Passwords.inline(), reactor)
+    service.storage.startService()
     service.startService()
     try:
         bob = await within(service.register("bob", "pw"))
@@ -325,4 +321,5 @@ async def test_count_sees_every_acknowledged_change_with_the_database_thread(pat
         assert await within(service.count(bob)) == expected - 6
         assert await within(service.count(alice)) == 0
     finally:
-        await within(service.stopService())
+        service.stopService()
+        await within(service.storage.stopService())

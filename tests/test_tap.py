@@ -7,16 +7,17 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.python import usage
 
-from mailsvc.chatprotocol import ChatFactory
-from mailsvc.mailprotocol import MailFactory
-from mailsvc.tap import GracefulShutdown, OneByOne, Options
+from mailsvc.fronts.chat import ChatFactory
+from mailsvc.fronts.mail import MailFactory
+from mailsvc.application import GracefulShutdown, OneByOne
+from mailsvc.tap import Options
 from wire import Wire
 
 
 def test_a_port_number_means_tcp_and_descriptions_pass_through():
     options = Options()
     options.parseOptions(["--port", "9000", "--chat-port", "unix:/tmp/chat.sock"])
-    assert options["port"] == "tcp:9000"
+    assert options["mail-port"] == "tcp:9000"
     assert options["chat-port"] == "unix:/tmp/chat.sock"
     assert options["db"] == os.path.abspath("mailsvc.sqlite")
     assert options["chat-log"] == os.path.abspath("chat.log")
@@ -62,7 +63,7 @@ def test_graceful_shutdown(service, clock):
     other.replies()
     other("NICK bob")
     chatter.replies()
-    shutdown = GracefulShutdown(chat, mail, 5, clock)
+    shutdown = GracefulShutdown([chat, mail], 5, clock)
     shutdown.startService()
     done = []
     shutdown.stopService().addBoth(done.append)

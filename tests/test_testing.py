@@ -78,14 +78,14 @@ def test_the_server_marker_passes_options(mailsvc_server):
 
 @pytest_twisted.ensureDeferred
 async def test_a_port_in_use_fails_the_start():
-    from twisted.internet.error import CannotListenError
+    from mailsvc.application import ListenFailed
 
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     try:
         port = taken.getsockname()[1]
-        with pytest.raises(CannotListenError):
+        with pytest.raises(ListenFailed, match="mail front .* choose another with --mail-port"):
             await within(start_server(port="tcp:%d:interface=127.0.0.1" % port))
     finally:
         taken.close()

@@ -236,7 +236,7 @@ async def test_an_idle_tls_client_that_never_answers_is_dropped(mailsvc_server, 
     from twisted.internet import reactor, task, threads
     from twisted.internet.endpoints import serverFromString
 
-    from mailsvc.mailprotocol import MailFactory
+    from mailsvc.fronts.mail import MailFactory
 
     clock = task.Clock()
     factory = MailFactory(mailsvc_server.service, clock=clock, idle_timeout=10)
@@ -341,8 +341,7 @@ def cli(*args, password="pw", stdin=""):
 def test_twistd_serves_tls_and_the_cli_speaks_it(tls_server, identity, stranger):
     port, roots = tls_server.port, identity.roots
     # Only the TLS ports listen: the harness's tcp:0 ones were overridden.
-    tls_server.chat_port  # waits for the chat port's "starting on" too
-    assert set(tls_server.ports) == {"MailFactory", "ChatFactory"}
+    assert set(tls_server.ports) == {"mail", "chat"}
     assert not any(" starting on " in l and "(TLS)" not in l for l in tls_server.log.lines)
     mail = ["--connect", verified(port, roots)]
     assert cli("register", "--user", "alice", *mail) == ("registered alice\n", "", 0)

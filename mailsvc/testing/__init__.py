@@ -1,7 +1,7 @@
 """
 A real mailsvc inside other projects' tests.
 
-    server = yield start_server()            # both ports on 127.0.0.1, port 0
+    server = yield start_server()            # every front on 127.0.0.1, port 0
     yield server.add_user("alice", "secret")
     client = yield server.connect_mail(user="alice", password="secret")
     ...
@@ -22,9 +22,10 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from mailsvc import client as mailsvc_client
+from mailsvc.application import assemble
+from mailsvc.core.passwords import cheap_hasher
 from mailsvc.errors import NameTaken
-from mailsvc.passwords import cheap_hasher
-from mailsvc.tap import Options, assemble
+from mailsvc.tap import Options
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 _NOT_YET = object()
@@ -41,32 +42,43 @@ TEST_DEFAULTS = {
 
 class MailsvcServer:
     """
-    A running mailsvc: its addresses, its state, and L{stop}.
+    A running mailsvc: its fronts' addresses, its state, and L{stop}.
 
-    @ivar mail: the mail port's client endpoint description (C{tcp:127.0.0.1:N}).
-    @ivar chat: the chat port's.
-    @ivar mail_port: the mail port's number; C{chat_port} the chat port's.
+    @ivar ports: front name -> its listening port number, for every front served.
     @ivar db_path: the SQLite database file.
-    @ivar service: the L{mailsvc.service.SharedService}.
-    @ivar mail_factory: the mail port's factory (its C{connections}, say);
-        C{chat_factory} the chat port's.
+    @ivar service: the L{mailsvc.core.service.SharedService}.
     """
 
-    def __init__(self, reactor, assembly, mail_port, chat_port, db_path, temporary):
+    def __init__(self, reactor, assembly, ports, db_path, temporary):
         self.reactor = reactor
         self._assembly = assembly
         self.service = assembly.shared
-        self.mail_factory = assembly.mail
-        self.chat_factory = assembly.chat
-        self.mail_port = mail_port.getHost().port
-        self.chat_port = chat_port.getHost().port
-        self.mail = "tcp:127.0.0.1:%d" % (self.mail_port,)
-        self.chat = "tcp:127.0.0.1:%d" % (self.chat_port,)
+        self.ports = {name: port.getHost().port for name, port in ports.items()}
         self.db_path = db_path
         self._temporary = temporary
         self._clients = []
         self._stop_waiting = None
         self._stop_outcome = _NOT_YET
+
+    def port(self, front):
+        """The port number front C{front} ("mail", "chat", ...) listens on."""
+        return self.ports[front]
+
+    def address(self, front):
+        """Front C{front}'s client endpoint description (C{tcp:127.0.0.1:N})."""
+        return "tcp:127.0.0.1:%d" % (self.port(front),)
+
+    def factory(self, front):
+        """Front C{front}'s protocol factory (its C{connections}, say)."""
+        return self._assembly.factories[front]
+
+    # The two home-made fronts, by the names earlier releases gave them.
+    mail = property(lambda self: self.address("mail"))
+    chat = property(lambda self: self.address("chat"))
+    mail_port = property(lambda self: self.port("mail"))
+    chat_port = property(lambda self: self.port("chat"))
+    mail_factory = property(lambda self: self.factory("mail"))
+    chat_factory = property(lambda self: self.factory("chat"))
 
     # Clients
 
@@ -124,7 +136,7 @@ class MailsvcServer:
 
     def participants(self):
         """The nicknames in the chat room now."""
-        return self.service.room.who()
+        return sorted(p.nick for p in self.service.room.participants())
 
     # Stopping
 
@@ -179,7 +191,7 @@ def _arguments(options):
 @defer.inlineCallbacks
 def start_server(reactor=None, **options):
     """
-    Start mailsvc on 127.0.0.1, both ports on port 0; fire with a
+    Start mailsvc on 127.0.0.1, every front on port 0; fire with a
     L{MailsvcServer}.
 
     @param options: any option of C{twistd mailsvc}, with C{_} for C{-}
@@ -196,16 +208,16 @@ def start_server(reactor=None, **options):
         temporary = tempfile.mkdtemp(prefix="mailsvc-test-")
         options.setdefault("db", os.path.join(temporary, "mailsvc.sqlite"))
         options.setdefault("chat_log", os.path.join(temporary, "chat.log"))
-    settings = dict(TEST_DEFAULTS, port=LOCAL, chat_port=LOCAL)
-    settings.update({name.replace("_", "-"): value for name, value in options.items()})
     config = Options()
+    settings = dict(TEST_DEFAULTS, **{front.option: LOCAL for front in config.fronts})
+    settings.update({name.replace("_", "-"): value for name, value in options.items()})
     config.parseOptions(_arguments(settings))
     assembly = assemble(config, reactor, hasher=cheap_hasher())
     top = assembly.top
     try:
         top.privilegedStartService()
         top.startService()
-        mail_port, chat_port = yield assembly.listening
+        ports = yield assembly.listening
     except Exception:
         assembly.listening.addErrback(lambda failure: None)  # raised here instead
         if top.running:
@@ -213,4 +225,4 @@ def start_server(reactor=None, **options):
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
         raise
-    return MailsvcServer(reactor, assembly, mail_port, chat_port, config["db"], temporary)
+    return MailsvcServer(reactor, assembly, ports, config["db"], temporary)

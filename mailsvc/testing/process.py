@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+from mailsvc.fronts.registry import fronts
+
 # The twistd of the venv running the tests, so the server runs the code under test.
 TWISTD = Path(sys.executable).parent / "twistd"
 
@@ -31,11 +33,10 @@ SOCKET_TIMEOUT = 10
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 
-# Twisted logs "<factory> starting on <port>" when a port listens; the factory
-# is named by its class, with or without its module.
-STARTING = re.compile(
-    r"\] (?:[\w.]+\.)?(?P<factory>\w+)(?: \(TLS\))? starting on (?P<port>\d+)\s*$"
-)
+# mailsvc logs "front <name> listening on <host>:<port>" as each front
+# listens (mailsvc.application.LISTENING), then ALL_LISTENING.
+LISTENING = re.compile(r"\] front (?P<front>[\w-]+) listening on .*:(?P<port>\d+)\s*$")
+ALL_LISTENING = re.compile(r"\] all fronts listening\s*$")
 
 # The replies that run to a line holding only ".": HELP, GETMSG and READ, LIST.
 MULTILINE = re.compile(r"OK (commands|message \d+|\d+ messages)\Z")
@@ -58,7 +59,9 @@ def twistd_command(*, daemon=False, pidfile=None, logfile="-", db, extra=()):
     if pidfile is not None:
         command += ["--pidfile", str(pidfile)]
     command += ["--logfile", str(logfile), "mailsvc"]
-    command += ["--port", LOCAL, "--chat-port", LOCAL, "--db", str(db)]
+    for front in fronts():
+        command += ["--" + front.option, LOCAL]
+    command += ["--db", str(db)]
     return command + [str(arg) for arg in extra]
 
 
@@ -121,8 +124,8 @@ class TwistdServer:
     """
     One C{twistd -n mailsvc} in C{directory} (its cwd), on database C{db}.
 
-    C{ports} maps each factory class that logged "starting on" to its port;
-    C{port} is the mail port.
+    C{ports} maps each front's name to its port, read from the log lines
+    mailsvc writes for that (L{LISTENING}); C{port} is the mail front's.
     """
 
     _count = 0
@@ -137,7 +140,7 @@ class TwistdServer:
         TwistdServer._count += 1
         self.name = "[twistd %d]" % (TwistdServer._count,)
 
-    def start(self, timeout=START_TIMEOUT):
+    def start(self, timeout=START_TIMEOUT, env=None):
         self.process = subprocess.Popen(
             twistd_command(db=self.db, **self.options),
             cwd=self.directory,
@@ -145,42 +148,34 @@ class TwistdServer:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             # Python's own buffering must not hold back the log.
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env=dict(env or os.environ, PYTHONUNBUFFERED="1"),
         )
         self.log = ServerLog(self.process.stdout, self.name)
-        started = self.log.wait_for(
-            r"\] (?:[\w.]+\.)?MailFactory(?: \(TLS\))? starting on \d+", timeout
-        )
-        if started is None:
+        if self.log.wait_for(ALL_LISTENING, timeout) is None:
             raise AssertionError(
-                "%s did not log 'MailFactory starting on <port>' within %ss"
-                " (exit status %r); its log:\n%s"
-                % (self.name, timeout, self.process.poll(), self.log.text())
+                "%s did not log 'all fronts listening' within %ss (exit status %r);"
+                " its log:\n%s" % (self.name, timeout, self.process.poll(), self.log.text())
             )
         for line in self.log.lines:
-            m = STARTING.search(line)
+            m = LISTENING.search(line)
             if m:
-                self.ports[m.group("factory")] = int(m.group("port"))
-        self.port = self.ports["MailFactory"]
+                self.ports[m.group("front")] = int(m.group("port"))
         return self
 
-    def connect(self, timeout=SOCKET_TIMEOUT):
-        return Client(self.port, timeout)
+    def port_of(self, front):
+        """The port front C{front} listens on."""
+        return self.ports[front]
+
+    @property
+    def port(self):
+        return self.ports["mail"]
 
     @property
     def chat_port(self):
-        """The chat port, waiting for its "starting on" (logged after the mail port's)."""
-        if "ChatFactory" not in self.ports:
-            started = self.log.wait_for(
-                r"\] (?:[\w.]+\.)?ChatFactory(?: \(TLS\))? starting on (?P<port>\d+)\s*$",
-                START_TIMEOUT,
-            )
-            if started is None:
-                raise AssertionError(
-                    "%s did not log 'ChatFactory starting on <port>'" % (self.name,)
-                )
-            self.ports["ChatFactory"] = int(started.group("port"))
-        return self.ports["ChatFactory"]
+        return self.ports["chat"]
+
+    def connect(self, timeout=SOCKET_TIMEOUT, front="mail"):
+        return Client(self.ports[front], timeout)
 
     def connect_chat(self, timeout=SOCKET_TIMEOUT, rcvbuf=None):
         """A connection to the chat port (see L{Client} for C{rcvbuf})."""

@@ -7,7 +7,6 @@ Deferred of a change fires only once the change is committed to storage.
 """
 
 import hashlib
-import re
 import secrets
 
 from twisted.application import service
@@ -15,15 +14,11 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from mailsvc import errors
-from mailsvc.room import ChatRoom
-from mailsvc.throttle import Throttle
+from mailsvc.core.auth import Credentials, IAccount, portal
+from mailsvc.core.events import MailboxChanged, SessionEnded
+from mailsvc.core.names import MAX_PASSWORD, NAME
+from mailsvc.core.room import ChatRoom, check_nick
 
-NAME = re.compile(r"[A-Za-z0-9]{1,32}\Z")
-
-# 43 URL-safe characters (256 random bits): longer than any user name, so a
-# word of this shape at the end of a request is always a cookie, never a name.
-COOKIE = re.compile(r"[A-Za-z0-9_-]{43}\Z")
-MAX_PASSWORD = 1024
 # Mailboxes whose message count is kept in memory, at most.
 COUNT_CACHE = 100_000
 
@@ -39,12 +34,19 @@ def _token_hash(cookie):
 class SharedService(service.Service):
     """
     Accounts, sessions, staged messages, mailboxes, and the chat room: the one
-    world both ports see.
+    world every front sees.
 
-    @param storage: an L{mailsvc.storage.IMailStorage}.
-    @param passwords: a L{mailsvc.passwords.Passwords}.
+    Fronts parse a request, call one method here, and turn its result or its
+    L{mailsvc.errors.MailsvcError} into a reply of their own. Every method
+    returns a Deferred; a Deferred of a change fires only once the change is
+    committed to storage.
+
+    @param storage: an L{mailsvc.interfaces.IMailStorage}, started and stopped
+        by its own parent (it outlives this service).
+    @param passwords: a L{mailsvc.core.passwords.Passwords}.
     @param clock: an L{IReactorTime}, for message dates.
     @param room: the L{ChatRoom}; a new one, without a chat log, by default.
+        Its bus also carries this service's cache invalidations.
     @param session_ttl: seconds a session may go unused before it expires;
         None: never.
     """
@@ -56,6 +58,8 @@ class SharedService(service.Service):
         self.passwords = passwords
         self.clock = clock
         self.room = room if room is not None else ChatRoom()
+        self.bus = self.room.bus
+        self.portal = portal(storage, passwords, clock)
         self.session_ttl = session_ttl
         # Last use is written to storage at most this often per session, so
         # a busy session does not cost a write per command.
@@ -64,16 +68,13 @@ class SharedService(service.Service):
         self._sessions = {}
         # account name folded to lower case -> messages in its mailbox.
         self._counts = {}
-        # Failed password checks, by user name and by peer address.
-        self.name_throttle = Throttle(clock, free=3)
-        self.peer_throttle = Throttle(clock, free=10, lenient_bursts=True)
         self._expiry = task.LoopingCall(self._expire_sessions)
         self._expiry.clock = clock
+        self.bus.subscribe(self._invalidate)
 
     def startService(self):
         super().startService()
         self.passwords.start()
-        self.storage.start()
         if self.session_ttl:
             self._expiry.start(min(60.0, self.session_ttl), now=False)
 
@@ -82,7 +83,13 @@ class SharedService(service.Service):
         if self._expiry.running:
             self._expiry.stop()
         self.passwords.stop()
-        return self.storage.stop()
+
+    def _invalidate(self, event):
+        # Whatever node made the change, what was cached of it is stale.
+        if type(event) is MailboxChanged:
+            self._counts.pop(event.account.lower(), None)
+        elif type(event) is SessionEnded:
+            self._sessions.pop(event.token_hash, None)
 
     # Accounts and sessions
 
@@ -95,48 +102,19 @@ class SharedService(service.Service):
         cookie = yield self._open_session(name)
         return cookie
 
-    @defer.inlineCallbacks
-    def login(self, name, password, peer=None):
-        _check_password(password)
-        account = yield self._check_password(name, password, peer, "login")
-        cookie = yield self._open_session(account)
-        return cookie
+    def authenticate(self, name, password, peer=None, purpose="login"):
+        """Fire with the account's name if C{password} is its password (the
+        portal: throttled, logged). L{errors.BadCredentials},
+        L{errors.TooManyFailures}."""
+        d = self.portal.login(Credentials(name, password, peer, purpose), None, IAccount)
+        return d.addCallback(lambda login: login[1].name)
 
-    @defer.inlineCallbacks
-    def _check_password(self, name, password, peer, what, refusal=None):
-        """
-        Fire with the account C{name} if C{password} is its password. Failures
-        are throttled by name and by C{peer}, and logged: with the name only if
-        it is an account's, since a user may type a password in its place.
-        """
-        name_key = name.lower()
-        self.name_throttle.begin(name_key)
-        if peer is not None:
-            try:
-                self.peer_throttle.begin(peer)
-            except errors.TooManyFailures:
-                self.name_throttle.end(name_key, True, forgive=False)
-                raise
-        matched = None  # None: the check itself failed (storage), which counts for nothing
+    def login(self, name, password, peer=None):
         try:
-            row = (yield self.storage.account(name)) if NAME.match(name) else None
-            account, password_hash = row or (None, None)
-            matched = yield self.passwords.verify(password_hash, password)
-        finally:
-            counted = matched is not False
-            lockout = self.name_throttle.end(name_key, counted, forgive=bool(matched))
-            if peer is not None:
-                lockout = max(lockout, self.peer_throttle.end(peer, counted, forgive=False))
-        if matched:
-            return account
-        self.log.warn(
-            "failed {what} for {who} from {peer}{locked}",
-            what=what,
-            who=("account " + account) if account else "an unknown name",
-            peer=peer or "?",
-            locked="; locked out for %g s" % lockout if lockout else "",
-        )
-        raise errors.BadCredentials(refusal)
+            _check_password(password)
+        except errors.MailsvcError:
+            return defer.fail()
+        return self.authenticate(name, password, peer).addCallback(self._open_session)
 
     def _open_session(self, account):
         cookie = new_cookie()
@@ -155,7 +133,7 @@ class SharedService(service.Service):
         d = self.storage.remove_session(token_hash)
 
         def removed(existed):
-            self._sessions.pop(token_hash, None)
+            self.bus.publish(SessionEnded(token_hash))
             if not existed:
                 raise errors.NotLoggedIn("unknown or expired session")
 
@@ -243,16 +221,13 @@ class SharedService(service.Service):
         return d.addCallback(self._delivered, recipient, sender, subject)
 
     def _delivered(self, message_id, recipient, sender, subject):
-        self.room.notify_account(
-            recipient, "* new mail from %s: %s" % (sender, subject)
-        )
+        self.room.new_mail(recipient, sender, subject)
         return message_id
 
     def _mailbox_changed(self, result, account):
         # Before the change is acknowledged: from then on, a COUNT reads it.
-        # Success or failure alike, whatever the cache held is stale or
-        # uncertain.
-        self._counts.pop(account.lower(), None)
+        # Success or failure alike, whatever was cached is stale or uncertain.
+        self.bus.publish(MailboxChanged(account))
         return result
 
     def count(self, cookie):
@@ -265,9 +240,9 @@ class SharedService(service.Service):
             return defer.succeed(cached)
 
         def counted(messages):
-            # Every change to a mailbox goes through this service, and drops
-            # its entry before it is acknowledged; a read fired before that
-            # change's callback saw the database before it, and is dropped by it.
+            # Every change to a mailbox drops its entry (MailboxChanged)
+            # before it is acknowledged; a read fired before that change's
+            # callback saw the database before it, and is dropped by it.
             if len(self._counts) >= COUNT_CACHE:
                 self._counts.clear()
             self._counts[key] = messages
@@ -321,33 +296,34 @@ class SharedService(service.Service):
 
         return self.storage.summary().addCallback(logged)
 
-
     # The chat room
 
     def join_chat(self, participant, nick, password=None, peer=None):
         """
         Add C{participant} to the room as C{nick}; fire with the room's recent
-        history. The name of a mail account is reserved for its owner: it takes
-        the account's password (L{errors.NickReserved}, L{errors.BadCredentials}),
-        checked and throttled as a LOGIN is.
+        L{History}. The name of a mail account is reserved for its owner: it
+        takes the account's password (L{errors.NickReserved},
+        L{errors.BadCredentials}), checked through the portal as a LOGIN is.
         """
         try:
-            self.room.check_nick(nick)
+            check_nick(nick)
         except errors.MailsvcError:
             return defer.fail()
-        d = self.storage.account(nick) if NAME.match(nick) else defer.succeed(None)
+
+        def free(held):
+            if held:
+                raise errors.NickTaken()
+            return self.storage.account(nick) if NAME.match(nick) else None
 
         def found(row):
             if row is None:
                 return self.room.join(participant, nick)
             if password is None:
                 raise errors.NickReserved()
-            d = self._check_password(
-                nick, password, peer, "chat login", "wrong password for that nickname"
-            )
+            d = self.authenticate(nick, password, peer, "chat login")
             return d.addCallback(lambda account: self.room.join(participant, account, account))
 
-        return d.addCallback(found)
+        return self.room.presence.holds(nick).addCallback(free).addCallback(found)
 
     def leave_chat(self, participant):
         self.room.leave(participant)
@@ -359,27 +335,26 @@ class SharedService(service.Service):
         """
         Send C{text} to C{nick} in the room; fire with None. If C{nick} is not
         here but has a mailbox, and C{sender} holds a reserved nickname, mail
-        it there instead and fire with the message id.
+        it there instead and fire with the message id. L{errors.NotHere},
+        L{errors.NoSuchNick}.
         """
-        if nick in self.room:
-            self.room.private(sender, nick, text)
-            return defer.succeed(None)
-        if sender.account is None:
-            return defer.fail(
-                errors.NoSuchNick(
-                    "%s is not here (mail to a mailbox needs a registered nickname)"
-                    % (nick,)
-                )
+
+        def here(held):
+            if held:
+                self.room.private(sender, nick, text)
+                return None
+            if sender.account is None:
+                raise errors.NotHere(nick)
+            d = self.deliver(
+                nick, sender.account, "Chat message from %s" % (sender.nick,), text
             )
-        d = self.deliver(
-            nick, sender.account, "Chat message from %s" % (sender.nick,), text
-        )
+            return d.addErrback(unknown)
 
         def unknown(failure):
             failure.trap(errors.UnknownUser)
-            raise errors.NoSuchNick("no such nickname or mailbox: %s" % (nick,))
+            raise errors.NoSuchNick(nick)
 
-        return d.addErrback(unknown)
+        return self.room.presence.holds(nick).addCallback(here)
 
 
 class _Session:
@@ -398,6 +373,6 @@ def _check_name(name):
 
 def _check_password(password):
     if not password or len(password) > MAX_PASSWORD:
-        raise errors.MailsvcError(
+        raise errors.InvalidPassword(
             "invalid password: 1 to %d characters" % (MAX_PASSWORD,)
         )

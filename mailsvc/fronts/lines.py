@@ -1,7 +1,8 @@
 """
-What both ports share below their commands: UTF-8 text lines ending in LF or
-CRLF, replies ending in CRLF, and an answer to an overlong line instead of
-Twisted's silent disconnect.
+What the line fronts (mail, chat) share below their commands: UTF-8 text
+lines ending in LF or CRLF, replies ending in CRLF, replies kept in request
+order, and an answer to an overlong line instead of Twisted's silent
+disconnect.
 """
 
 from twisted.internet import defer, protocol
@@ -12,13 +13,29 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
-from mailsvc.coalesce import WriteCoalescer
+from mailsvc.fronts.admission import Admission
+from mailsvc.fronts.coalesce import WriteCoalescer
 
 CRLF = b"\r\n"
 # Unhandled input kept for a held connection before its socket is paused.
 INPUT_BUFFER = 64 * 1024
 # Seconds a connection may take to close before it is aborted.
 CLOSE_PATIENCE = 5.0
+
+
+# LineReceiver keeps the input it has not handed over yet in _buffer; these
+# two functions are the only place mailsvc reaches it (tests/test_lines.py
+# fails if a Twisted release moves it).
+
+
+def unread(receiver):
+    """The bytes a L{LineReceiver} holds that no line has taken yet."""
+    return receiver._buffer
+
+
+def discard_unread(receiver):
+    """Forget what L{unread} would return."""
+    receiver._buffer = b""
 
 
 class TextLineProtocol(LineReceiver, TimeoutMixin):
@@ -100,7 +117,7 @@ class TextLineProtocol(LineReceiver, TimeoutMixin):
             if self._overflow is None:
                 break
             data, self._overflow = self._overflow, None
-        if self.paused and not self._readingPaused and len(self._buffer) > INPUT_BUFFER:
+        if self.paused and not self._readingPaused and len(unread(self)) > INPUT_BUFFER:
             # Lines wait while the connection is held; past this much, stop
             # reading the socket too. Only then: a TLS handshake, say, must go
             # on while the first reply waits for it.
@@ -304,38 +321,15 @@ class TextLineFactory(protocol.Factory):
         self.writes = WriteCoalescer(clock)
         self.line_limit = line_limit
         self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
-        self.max_per_peer = max_per_peer
-        self.connections = set()
-        self._per_peer = {}
+        self.admission = Admission(max_connections, max_per_peer)
+        self.connections = self.admission.connections
 
     def admit(self, connection):
         """Count a new connection in, or return why it is refused."""
-        host = connection.peerHost
-        if self.max_connections is not None and len(self.connections) >= self.max_connections:
-            self.log.info("refused a connection from {host}: server full", host=host)
-            return "too many connections"
-        if (
-            self.max_per_peer is not None
-            and host is not None
-            and self._per_peer.get(host, 0) >= self.max_per_peer
-        ):
-            self.log.info("refused a connection from {host}: too many from there", host=host)
-            return "too many connections from your address"
-        self.connections.add(connection)
-        if host is not None:
-            self._per_peer[host] = self._per_peer.get(host, 0) + 1
-        return None
+        return self.admission.admit(connection, connection.peerHost)
 
     def release(self, connection):
-        self.connections.discard(connection)
-        host = connection.peerHost
-        if host is not None:
-            remaining = self._per_peer.get(host, 1) - 1
-            if remaining:
-                self._per_peer[host] = remaining
-            else:
-                self._per_peer.pop(host, None)
+        self.admission.release(connection, connection.peerHost)
 
     def closeAll(self, clock, patience=5.0):
         """
@@ -361,3 +355,13 @@ class TextLineFactory(protocol.Factory):
         for connection in connections:
             if not connection._connectionLost:
                 connection.transport.abortConnection()
+
+
+def line_limits(config, reactor):
+    """The factory arguments every line front takes from the options."""
+    return dict(
+        clock=reactor,
+        line_limit=config["max-line"],
+        max_connections=config["max-connections"],
+        max_per_peer=config["max-per-peer"],
+    )

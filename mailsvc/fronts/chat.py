@@ -1,6 +1,7 @@
 """
-The chat port: HELLO, NICK until READY, then every line is a message to the
-room, and lines that begin with C{/} are commands answered to the sender alone.
+The line chat front (C{--chat-port}): HELLO, NICK until READY, then every line
+is a message to the room, and lines that begin with C{/} are commands
+answered to the sender alone.
 """
 
 import re
@@ -8,8 +9,12 @@ import re
 from zope.interface import implementer
 
 from mailsvc import errors
-from mailsvc.lines import TextLineFactory, TextLineProtocol
-from mailsvc.room import IChatParticipant, encode
+from mailsvc.core import events
+from mailsvc.fronts import reason_for
+from mailsvc.fronts.lines import TextLineFactory, TextLineProtocol, line_limits
+from mailsvc.fronts.registry import Front
+from mailsvc.interfaces import IParticipant
+from mailsvc.options import positive_float, positive_int
 
 # "NICK alice", "NICK alice password", and "NICKalice" as the CSC 328 client sends.
 NICK_REQUEST = re.compile(r"NICK\s*(\S+)(?:\s+(.+))?\Z", re.IGNORECASE)
@@ -25,7 +30,40 @@ HELP = [
 ]
 
 
-@implementer(IChatParticipant)
+def encode(line):
+    return line.encode("utf-8") + b"\r\n"
+
+
+_LINES = {
+    events.Said: lambda e: encode("%s: %s" % (e.nick, e.text)),
+    events.Joined: lambda e: encode("* %s joined" % (e.nick,)),
+    events.Left: lambda e: encode("* %s left" % (e.nick,)),
+    events.Private: lambda e: encode("*%s* %s" % (e.sender, e.text)),
+    events.NewMail: lambda e: encode("* new mail from %s: %s" % (e.sender, e.subject)),
+    events.Shutdown: lambda e: encode("Server will shut down in %d seconds" % (e.seconds,)),
+    events.History: lambda e: b"".join(b"[history] " + s.render(line) for s in e.events),
+}
+
+
+def line(event):
+    """An event as this front's bytes (L{events.Event.render} caches them)."""
+    return _LINES[type(event)](event)
+
+
+# The service's errors in this front's words (the reason for the others).
+WORDS = {
+    errors.NotHere: lambda e: "%s is not here (mail to a mailbox needs a registered nickname)"
+    % (e.nick,),
+    errors.NoSuchNick: lambda e: "no such nickname or mailbox: %s" % (e.nick,),
+}
+# Before READY, the words of a refused NICK.
+NICK_WORDS = {
+    errors.NickReserved: "nickname belongs to a mail account: NICK <name> <password>",
+    errors.BadCredentials: "wrong password for that nickname",
+}
+
+
+@implementer(IParticipant)
 class ChatProtocol(TextLineProtocol):
     nick = None
     account = None
@@ -54,9 +92,13 @@ class ChatProtocol(TextLineProtocol):
             self.service.leave_chat(self)
         super().connectionLost(reason)
 
+    def receive(self, event):
+        """L{IParticipant.receive}."""
+        self.send(event.render(line))
+
     def send(self, data):
         """
-        L{IChatParticipant.send}: bounded by the factory's max_sendq, and
+        Send C{data}, encoded lines: bounded by the factory's max_sendq, and
         written at the end of the reactor turn with whatever else this
         connection is sent in it.
         """
@@ -155,9 +197,9 @@ class ChatProtocol(TextLineProtocol):
             self.log.failure("chat request failed", failure)
             error = errors.MailsvcError("internal error")
         if self.ready:
-            self.sendText("* error: " + error.reason)
+            self.sendText("* error: " + reason_for(error, WORDS))
         else:
-            self.sendText("RETRY " + error.reason)
+            self.sendText("RETRY " + reason_for(error, NICK_WORDS))
 
     def _nick(self, text):
         match = NICK_REQUEST.match(text.strip())
@@ -174,8 +216,8 @@ class ChatProtocol(TextLineProtocol):
             self.ready = True
             self.setTimeout(self.idleTimeout())
             self.sendText("READY")
-            if history:
-                self.send(history)
+            if history.events:
+                self.receive(history)
 
         d = self.service.join_chat(self, nick, password, self.peerHost)
         return d.addCallback(joined)
@@ -190,7 +232,7 @@ class ChatProtocol(TextLineProtocol):
         return command(rest.strip())
 
     def command_who(self, rest):
-        return ["* here: " + ", ".join(self.service.room.who())]
+        return self.service.room.who().addCallback(lambda nicks: ["* here: " + ", ".join(nicks)])
 
     def command_help(self, rest):
         return HELP
@@ -230,7 +272,44 @@ class ChatFactory(TextLineFactory):
         self.service.room.closing = True
         return super().closeAll(clock, patience)
 
-    def announce_shutdown(self, seconds):
-        """Tell every chat connection, ready or not, that the server is stopping."""
+    def announce_shutdown(self, event):
+        """Tell every chat connection, ready or not, that the server is stopping
+        (an L{events.Shutdown})."""
         for connection in list(self.connections):
-            connection.sendText("Server will shut down in %d seconds" % (seconds,))
+            connection.receive(event)
+
+
+FRONT = Front(
+    name="chat",
+    default="tcp:8026",
+    description="Group chat port",
+    aliases=("c",),
+    parameters=(
+        (
+            "max-sendq",
+            None,
+            1024 * 1024,
+            "Bytes of output a chat client may leave unread before it is dropped.",
+            positive_int,
+        ),
+        ("nick-timeout", None, 30, "Seconds a chat client has to get a nickname.", positive_int),
+        (
+            "chat-idle-timeout",
+            None,
+            3600,
+            "Seconds a chat participant may stay silent.",
+            positive_int,
+        ),
+        ("flood-rate", None, 5, "Chat lines a second one participant may send.", positive_float),
+        ("flood-burst", None, 20, "Chat lines one participant may send at once.", positive_int),
+    ),
+    build=lambda service, config, reactor: ChatFactory(
+        service,
+        max_sendq=config["max-sendq"],
+        nick_timeout=config["nick-timeout"],
+        idle_timeout=config["chat-idle-timeout"],
+        flood_rate=config["flood-rate"],
+        flood_burst=config["flood-burst"],
+        **line_limits(config, reactor),
+    ),
+)

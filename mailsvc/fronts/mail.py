@@ -1,7 +1,8 @@
 """
-The mail command port: parse a request line, call the shared service, reply.
+The mail command front (C{--port}): parse a request line, call the shared
+service, reply.
 
-Replies keep request order (see L{mailsvc.lines.TextLineProtocol.respond}), and a
+Replies keep request order (see L{mailsvc.fronts.lines.TextLineProtocol.respond}), and a
 client that half-closes its side still gets every reply before the server closes.
 """
 
@@ -13,8 +14,17 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from zope.interface import implementer
 
 from mailsvc import errors
-from mailsvc.lines import TextLineFactory, TextLineProtocol
-from mailsvc.service import COOKIE
+from mailsvc.core.names import COOKIE
+from mailsvc.fronts import reason_for
+from mailsvc.fronts.lines import (
+    TextLineFactory,
+    TextLineProtocol,
+    discard_unread,
+    line_limits,
+    unread,
+)
+from mailsvc.fronts.registry import Front
+from mailsvc.options import positive_int
 
 CHECKSUM = re.compile(r"#([0-9A-Fa-f]{40})\Z")
 LOGIN_FIRST = "You should log in first."
@@ -40,6 +50,14 @@ HELP = [
     "A session's cookie may end any request; a connection that logged in may",
     "leave it out. A request may end with #<sha1 hex of what precedes the #>.",
 ]
+
+
+# The service's errors in this front's words (the reason for the others).
+WORDS = {
+    errors.NothingStaged: "no staged message: send MESSAGE <text> first",
+    errors.TooManyStaged: lambda e: "too many staged messages: at most %d, STORE some first"
+    % (e.limit,),
+}
 
 
 class Usage(errors.MailsvcError):
@@ -145,7 +163,7 @@ class MailProtocol(TextLineProtocol):
 
     def refuse(self, failure):
         if failure.check(errors.MailsvcError):
-            self.sendText("KO " + failure.value.reason)
+            self.sendText("KO " + reason_for(failure.value, WORDS))
         else:
             self.log.failure("request failed", failure)
             self.sendText("KO internal error")
@@ -165,13 +183,13 @@ class MailProtocol(TextLineProtocol):
     def shutdown(self):
         # Finish the request in progress, then close.
         self._inputEnded = True
-        self._buffer = b""
+        discard_unread(self)
         self._closeIfInputDone()
 
     def _closeIfInputDone(self):
         if not self._inputEnded or self.paused:
             return
-        if self._buffer:
+        if unread(self):
             # A last request with no newline after it.
             self.dataReceived(self.delimiter)
             if self.paused:
@@ -369,3 +387,21 @@ class MailFactory(TextLineFactory):
         super().__init__(**limits)
         self.service = service
         self.max_body = max_body
+
+
+FRONT = Front(
+    name="mail",
+    default="tcp:8025",
+    description="Mail command port",
+    aliases=("port", "p"),
+    parameters=(
+        ("max-body", None, 1024 * 1024, "Largest SEND body accepted, in bytes.", positive_int),
+        ("idle-timeout", None, 300, "Seconds a mail connection may stay silent.", positive_int),
+    ),
+    build=lambda service, config, reactor: MailFactory(
+        service,
+        max_body=config["max-body"],
+        idle_timeout=config["idle-timeout"],
+        **line_limits(config, reactor),
+    ),
+)

@@ -1,116 +1,39 @@
 """
-Durable storage for accounts, sessions, staged messages and mailboxes.
+The SQLite store: L{IMailStorage} on one database file.
 
-L{IMailStorage} is the whole contract between the service and a database: every
-method returns a Deferred and fires only after its change is committed. The
-one implementation, L{SQLiteStorage}, runs its SQL through an executor:
+Its SQL runs through an executor, its private business:
 
   - L{GroupCommitExecutor}: one database thread; requests that arrive while a
     transaction is being committed are run together in the next one (each in its
     own SAVEPOINT, so one refusal does not undo the others), so 50 concurrent
     writers pay for one fsync, not 50. The reactor thread never writes; it
     reads only what costs one indexed row (an account, a session, a count),
-    at once, on a read-only connection of its own that never waits for a lock.
+    at once, on a read-only connection of its own that never waits for a lock
+    (in WAL mode it sees every commit already acknowledged).
   - L{InlineExecutor}: runs each request at once on the calling thread, for
     unit tests driven by StringTransport and Clock.
+
+The schema is the SQL files of C{schema/}, applied in order (L{schema.migrate}).
 """
 
 import os
 import queue
 import sqlite3
 import threading
-from dataclasses import dataclass
 from urllib.request import pathname2url
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from twisted.application import service
+from zope.interface import implementer
 
 from mailsvc import errors
-from mailsvc.schema import MIGRATIONS, migrate
+from mailsvc.interfaces import IMailStorage
+from mailsvc.store import Message, Quotas
+from mailsvc.store.sqlite.schema import MIGRATIONS, migrate
 
 log = Logger()
-
-
-@dataclass(frozen=True)
-class Quotas:
-    """What one mailbox and one session may hold; None is no limit."""
-
-    messages: int = None
-    bytes: int = None
-    staged: int = None
-
-
-@dataclass(frozen=True)
-class Message:
-    id: int
-    sender: str
-    date: float
-    subject: str
-    body: str = ""
-
-
-class IMailStorage(Interface):
-    """Durable state. Every method returns a Deferred."""
-
-    def add_account(name, password_hash, now):
-        """Create an account; fire with its name. L{errors.NameTaken}."""
-
-    def account(name):
-        """Fire with C{(canonical name, password hash)}, or None."""
-
-    def add_session(token_hash, account, now):
-        """Record a session of C{account}."""
-
-    def session_account(token_hash):
-        """Fire with C{(account, last used)} of a session, or None."""
-
-    def touch_session(token_hash, now):
-        """Record that a session was used at C{now}."""
-
-    def expire_sessions(before):
-        """Forget sessions last used before C{before}; fire with how many."""
-
-    def remove_session(token_hash):
-        """Forget a session and what it staged; fire with whether it existed."""
-
-    def stage(token_hash, text, now):
-        """Stage C{text} in a session. L{errors.TooManyStaged}."""
-
-    def deliver_staged(token_hash, sender, recipient, now):
-        """
-        Move the session's most recent staged text into C{recipient}'s mailbox;
-        fire with the new message id. L{errors.NothingStaged},
-        L{errors.UnknownUser} (the text stays staged).
-        """
-
-    def deliver(recipient, sender, subject, body, now):
-        """
-        Put a message in a mailbox; fire with its id. L{errors.UnknownUser},
-        L{errors.MailboxFull}.
-        """
-
-    def count(account):
-        """Fire with the number of messages in a mailbox."""
-
-    def headers(account, sender=None):
-        """Fire with a mailbox's L{Message}s, oldest first, without bodies."""
-
-    def message(account, message_id=None):
-        """
-        Fire with one L{Message}: C{message_id}, or the oldest.
-        L{errors.NoSuchMessage}, L{errors.EmptyMailbox}.
-        """
-
-    def delete(account, message_id=None):
-        """Delete C{message_id}, or the oldest; fire with the id deleted."""
-
-    def delete_subject(account, subject):
-        """Delete every message with exactly this subject; fire with how many."""
-
-    def summary():
-        """Fire with counts and sizes: a dict, never passwords or bodies."""
 
 
 def _run_batch(connection, batch):
@@ -136,7 +59,7 @@ def _run_batch(connection, batch):
                 connection.execute("ROLLBACK TO request")
                 connection.execute("RELEASE request")
                 outcomes.append(
-                    (False, Failure(errors.MailsvcError("conflicting request, try again")))
+                    (False, Failure(errors.Conflict()))
                 )
             except sqlite3.Error:
                 raise
@@ -364,7 +287,7 @@ def _open(path):
 
 
 @implementer(IMailStorage)
-class SQLiteStorage:
+class SQLiteStorage(service.Service):
     """L{IMailStorage} on SQLite; C{executor} decides which thread runs the SQL."""
 
     def __init__(self, executor, quotas=Quotas()):
@@ -401,10 +324,12 @@ class SQLiteStorage:
         """A storage that runs its SQL at once on the calling thread."""
         return cls(InlineExecutor(connect(path)), quotas)
 
-    def start(self):
+    def startService(self):
+        super().startService()
         self._executor.start()
 
-    def stop(self):
+    def stopService(self):
+        super().stopService()
         return self._executor.stop()
 
     def add_account(self, name, password_hash, now):
@@ -529,9 +454,7 @@ def _stage(db, token_hash, text, now, quotas):
             "SELECT count(*) FROM staged WHERE session = ?", (token_hash,)
         ).fetchone()
         if staged >= quotas.staged:
-            raise errors.TooManyStaged(
-                "too many staged messages: at most %d, STORE some first" % quotas.staged
-            )
+            raise errors.TooManyStaged(quotas.staged)
     db.execute(
         "INSERT INTO staged (session, text, created) VALUES (?, ?, ?)",
         (token_hash, text, now),

@@ -1,0 +1,169 @@
+"""
+One mailsvc process: the service tree, in the order it starts and stops.
+
+Children start in the order they are added and stop in the reverse order, one
+after another: the listeners stop accepting first, then every front's
+connections get the shutdown notice and the grace period, then the shared
+service, the chat log, and last the store, which finishes every request it
+was given.
+"""
+
+from dataclasses import dataclass
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import defer, endpoints, task
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+from mailsvc.core.chatlog import ChatLog
+from mailsvc.core.events import Shutdown
+from mailsvc.core.passwords import Passwords
+from mailsvc.core.room import ChatRoom
+from mailsvc.core.service import SharedService
+from mailsvc.fronts.registry import OFF
+from mailsvc.store import Quotas, open_store
+
+log = Logger()
+
+# The log line that tells each front's address; mailsvc.testing.process reads it.
+LISTENING = "front {front} listening on {host}:{port}"
+ALL_LISTENING = "all fronts listening"
+
+
+class OneByOne(service.MultiService):
+    """A MultiService that stops its children one at a time, last added first,
+    waiting for each (the stock one stops them all at once)."""
+
+    log = Logger()
+
+    def stopService(self):
+        service.Service.stopService(self)
+        d = defer.succeed(None)
+        for child in reversed(list(self)):
+            d.addCallback(lambda _, child=child: child.stopService())
+            d.addErrback(lambda f, child=child: self.log.failure("stopping {c}", f, c=child))
+        return d
+
+
+class GracefulShutdown(service.Service):
+    """On stop: tell every front's connections, keep serving for C{grace}
+    seconds, then close every connection (a request in progress is finished
+    first). C{factories}: the fronts' factories; each may have
+    C{announce_shutdown(event)} and C{closeAll(clock)}."""
+
+    def __init__(self, factories, grace, clock):
+        self.factories = factories
+        self.grace = grace
+        self.clock = clock
+
+    def stopService(self):
+        super().stopService()
+        notice = Shutdown(self.grace)
+        for factory in self.factories:
+            if hasattr(factory, "announce_shutdown"):
+                factory.announce_shutdown(notice)
+        d = task.deferLater(self.clock, self.grace, lambda: None)
+        return d.addCallback(
+            lambda _: defer.gatherResults(
+                [f.closeAll(self.clock) for f in self.factories if hasattr(f, "closeAll")]
+            )
+        )
+
+
+class ListenFailed(Exception):
+    """A front's port cannot be had; the message says which and what to do."""
+
+
+class FrontListener(StreamServerEndpointService):
+    """Listens for one front; logs its address (L{LISTENING}) and fires
+    C{port} with the listening port."""
+
+    def __init__(self, front, description, factory, reactor):
+        super().__init__(endpoints.serverFromString(reactor, description), factory)
+        # A port that cannot be had fails the start at once, loudly.
+        self._raiseSynchronously = True
+        self.front = front
+        self.description = description
+        self.port = defer.Deferred()
+
+    def privilegedStartService(self):
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            error = ListenFailed(
+                "cannot serve the %s front on %s: %s; choose another with --%s"
+                % (self.front.name, self.description, e.socketError or e, self.front.option)
+            )
+            self.port.errback(error)
+            raise error from e
+        self._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port):
+        address = port.getHost()
+        log.info(
+            LISTENING,
+            front=self.front.name,
+            host=getattr(address, "host", address),
+            port=getattr(address, "port", ""),
+        )
+        if not self.port.called:
+            self.port.callback(port)
+        return port
+
+
+@dataclass
+class Assembly:
+    """The parts of one mailsvc process, for twistd and for mailsvc.testing."""
+
+    top: service.MultiService
+    shared: SharedService
+    # front name -> its factory, for every front served
+    factories: dict
+    # Fires with {front name: listening port} once every front listens.
+    listening: defer.Deferred
+
+
+def assemble(config, reactor, hasher=None, top=None):
+    """Build the service tree from parsed L{mailsvc.tap.Options} under C{top}
+    (a new L{OneByOne} by default); nothing is started."""
+    top = top if top is not None else OneByOne()
+    store = open_store(
+        config["db"],
+        reactor,
+        Quotas(
+            messages=config["quota-messages"],
+            bytes=config["quota-bytes"],
+            staged=config["max-staged"],
+        ),
+    )
+    store.setServiceParent(top)
+    open(config["chat-log"], "a").close()  # an unwritable log fails now, loudly
+    chat_log = ChatLog(config["chat-log"], reactor)
+    chat_log.setServiceParent(top)
+    shared = SharedService(
+        store,
+        Passwords.threaded(reactor, hasher=hasher),
+        reactor,
+        ChatRoom(chat_log, history=config["history"]),
+        session_ttl=config["session-ttl"],
+    )
+    shared.setServiceParent(top)
+    served = [(f, config[f.option]) for f in config.fronts if config[f.option] != OFF]
+    factories = {f.name: f.build(shared, config, reactor) for f, _ in served}
+    GracefulShutdown(list(factories.values()), config["shutdown-grace"], reactor).setServiceParent(
+        top
+    )
+    listeners = [
+        FrontListener(front, description, factories[front.name], reactor)
+        for front, description in served
+    ]
+    for listener in listeners:
+        listener.setServiceParent(top)
+
+    def listening(ports):
+        log.info(ALL_LISTENING)
+        return {listener.front.name: port for listener, port in zip(listeners, ports)}
+
+    ports = defer.gatherResults([listener.port for listener in listeners], consumeErrors=True)
+    return Assembly(top, shared, factories, ports.addCallback(listening))

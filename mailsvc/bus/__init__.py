@@ -1,0 +1,1 @@
+"""The bus between the room and its members, and nickname presence."""

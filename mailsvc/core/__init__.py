@@ -1,0 +1,1 @@
+"""The service and what it is made of: accounts, sessions, auth, the room."""

@@ -1,0 +1,127 @@
+"""
+Every login, whatever the front, goes through one twisted.cred portal.
+
+L{Credentials} carry the peer address with the name and password; the
+L{PasswordChecker} checks them against the stored argon2id hash (off the
+reactor thread) and throttles failures per name and per address; the
+L{Realm} hands out an avatar for each interface a front asks for. A front
+registers the avatar it needs (POP3 an C{IMailbox}, say) with
+L{Realm.register}.
+"""
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from mailsvc import errors
+from mailsvc.core.names import NAME
+from mailsvc.core.throttle import Throttle
+
+
+@implementer(IUsernamePassword)
+class Credentials:
+    """
+    @ivar peer: the address the attempt comes from, or None.
+    @ivar purpose: what the attempt is, for the log ("login", "chat login").
+    """
+
+    def __init__(self, username, password, peer=None, purpose="login"):
+        self.username = username
+        self.password = password
+        self.peer = peer
+        self.purpose = purpose
+
+    def checkPassword(self, password):
+        return password == self.password
+
+
+@implementer(ICredentialsChecker)
+class PasswordChecker:
+    """
+    Fires with the account's own spelling of its name when the password
+    matches; L{errors.BadCredentials} or L{errors.TooManyFailures} otherwise.
+
+    Attempts are throttled by name and by C{peer}, and failures logged: with
+    the name only if it is an account's, since a user may type a password in
+    its place.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+    log = Logger()
+
+    def __init__(self, storage, passwords, clock):
+        self.storage = storage
+        self.passwords = passwords
+        self.name_throttle = Throttle(clock, free=3)
+        self.peer_throttle = Throttle(clock, free=10, lenient_bursts=True)
+
+    @defer.inlineCallbacks
+    def requestAvatarId(self, credentials):
+        name, peer = credentials.username, credentials.peer
+        name_key = name.lower()
+        self.name_throttle.begin(name_key)
+        if peer is not None:
+            try:
+                self.peer_throttle.begin(peer)
+            except errors.TooManyFailures:
+                self.name_throttle.end(name_key, True, forgive=False)
+                raise
+        matched = None  # None: the check itself failed (storage), which counts for nothing
+        try:
+            row = (yield self.storage.account(name)) if NAME.match(name) else None
+            account, password_hash = row or (None, None)
+            matched = yield self.passwords.verify(password_hash, credentials.password)
+        finally:
+            counted = matched is not False
+            lockout = self.name_throttle.end(name_key, counted, forgive=bool(matched))
+            if peer is not None:
+                # One good password says little of the other guesses made
+                # from an address: its failures stay.
+                lockout = max(lockout, self.peer_throttle.end(peer, counted, forgive=False))
+        if matched:
+            return account
+        self.log.warn(
+            "failed {what} for {who} from {peer}{locked}",
+            what=credentials.purpose,
+            who=("account " + account) if account else "an unknown name",
+            peer=peer or "?",
+            locked="; locked out for %g s" % lockout if lockout else "",
+        )
+        raise errors.BadCredentials()
+
+
+class IAccount(Interface):
+    """The avatar of mailsvc's own fronts: just the account's name."""
+
+
+@implementer(IAccount)
+class Account:
+    def __init__(self, name):
+        self.name = name
+
+
+@implementer(IRealm)
+class Realm:
+    """Hands out, for an account, the avatar of whichever interface a front asks for."""
+
+    def __init__(self):
+        self._avatars = {IAccount: lambda name, mind: Account(name)}
+
+    def register(self, interface, make):
+        """A front's avatar: C{make(account name, mind)} returns it."""
+        self._avatars[interface] = make
+
+    def requestAvatar(self, avatarId, mind, *interfaces):
+        for interface in interfaces:
+            make = self._avatars.get(interface)
+            if make is not None:
+                return interface, make(avatarId, mind), lambda: None
+        raise NotImplementedError("no avatar for %r" % (interfaces,))
+
+
+def portal(storage, passwords, clock):
+    """The portal every front logs in through."""
+    return Portal(Realm(), [PasswordChecker(storage, passwords, clock)])

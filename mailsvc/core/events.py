@@ -1,0 +1,122 @@
+"""
+What the room tells its participants, and what travels over the bus.
+
+An event is rendered by each front into its own words, once per format however
+many participants receive it: L{Event.render} keeps what each format made of it,
+so a thousand line-chat clients share one bytes object and every IRC client
+another.
+"""
+
+
+class Event:
+    __slots__ = ("_rendered",)
+
+    def __init__(self):
+        self._rendered = {}
+
+    def render(self, format):
+        """C{format(self)}, computed once per format."""
+        rendered = self._rendered.get(format)
+        if rendered is None:
+            rendered = self._rendered[format] = format(self)
+        return rendered
+
+    def __repr__(self):
+        fields = ", ".join(
+            "%s=%r" % (name, getattr(self, name))
+            for cls in type(self).__mro__
+            for name in getattr(cls, "__slots__", ())
+            if not name.startswith("_")
+        )
+        return "%s(%s)" % (type(self).__name__, fields)
+
+
+class Said(Event):
+    """C{nick} said C{text} to the room."""
+
+    __slots__ = ("nick", "text")
+
+    def __init__(self, nick, text):
+        super().__init__()
+        self.nick = nick
+        self.text = text
+
+
+class Joined(Event):
+    __slots__ = ("nick", "peer")
+
+    def __init__(self, nick, peer=None):
+        super().__init__()
+        self.nick = nick
+        self.peer = peer
+
+
+class Left(Event):
+    __slots__ = ("nick",)
+
+    def __init__(self, nick):
+        super().__init__()
+        self.nick = nick
+
+
+class Private(Event):
+    """C{sender} said C{text} to C{recipient} alone."""
+
+    __slots__ = ("sender", "recipient", "text")
+
+    def __init__(self, sender, recipient, text):
+        super().__init__()
+        self.sender = sender
+        self.recipient = recipient
+        self.text = text
+
+
+class NewMail(Event):
+    """A message from C{sender} arrived in C{account}'s mailbox."""
+
+    __slots__ = ("account", "sender", "subject")
+
+    def __init__(self, account, sender, subject):
+        super().__init__()
+        self.account = account
+        self.sender = sender
+        self.subject = subject
+
+
+class History(Event):
+    """The room's recent L{Said} events, oldest first, for a newcomer."""
+
+    __slots__ = ("events",)
+
+    def __init__(self, events):
+        super().__init__()
+        self.events = events
+
+
+class Shutdown(Event):
+    """The server stops in C{seconds}."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+
+# Cache invalidations: what one node changed that others may have cached.
+
+
+class SessionEnded(Event):
+    __slots__ = ("token_hash",)
+
+    def __init__(self, token_hash):
+        super().__init__()
+        self.token_hash = token_hash
+
+
+class MailboxChanged(Event):
+    __slots__ = ("account",)
+
+    def __init__(self, account):
+        super().__init__()
+        self.account = account

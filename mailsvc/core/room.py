@@ -1,0 +1,161 @@
+"""
+The chat room: who is here, and what reaches whom.
+
+Everything said in the room travels as an event over the bus (L{IBus}), and
+the room of every node hands each event it hears to its own members
+(L{IParticipant.receive}), as twisted.words' groups push into IChatClients.
+Nicknames are claimed through L{IPresence}, so that two nodes never hand out
+the same one. A participant whose delivery raises is removed and the others
+carry on.
+"""
+
+import collections
+import re
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from mailsvc import errors
+from mailsvc.bus.local import LocalBus, LocalPresence
+from mailsvc.core.events import History, Joined, Left, NewMail, Private, Said
+
+NICK = re.compile(r"[A-Za-z0-9_-]{1,32}\Z")
+
+
+def check_nick(nick):
+    if not NICK.match(nick):
+        raise errors.InvalidNick()
+
+
+class ChatRoom:
+    """
+    @param bus: an L{IBus}; presence: an L{IPresence} (in-process ones by default).
+    @param chat_log: a L{mailsvc.core.chatlog.ChatLog}, or None.
+    @param history: how many recent messages a newcomer is shown.
+    """
+
+    log = Logger()
+    # Set while this node closes every connection: nobody here needs to hear
+    # that each of the others left.
+    closing = False
+
+    def __init__(self, chat_log=None, history=20, bus=None, presence=None):
+        self._members = {}  # nick folded to lower case -> local participant
+        self._history = collections.deque(maxlen=history)
+        self._chat_log = chat_log
+        self.bus = bus if bus is not None else LocalBus()
+        self.presence = presence if presence is not None else LocalPresence()
+        self._handlers = {
+            Said: self._said,
+            Joined: self._joined,
+            Left: self._left,
+            Private: self._private,
+            NewMail: self._new_mail,
+        }
+        self.bus.subscribe(self._heard)
+
+    def __contains__(self, nick):
+        """Whether C{nick} is a member on this node."""
+        return nick.lower() in self._members
+
+    def who(self):
+        """Fire with every nickname in the room, on every node, sorted."""
+        return self.presence.who()
+
+    def participants(self):
+        """The members on this node."""
+        return list(self._members.values())
+
+    def join(self, participant, nick, account=None):
+        """
+        Add C{participant} as C{nick}; fire with the L{History} it is to be
+        shown after its acknowledgement. L{errors.InvalidNick},
+        L{errors.NickTaken}.
+        """
+        try:
+            check_nick(nick)
+        except errors.MailsvcError:
+            return defer.fail()
+
+        def claimed(_):
+            participant.nick = nick
+            participant.account = account
+            self._members[nick.lower()] = participant
+            self.bus.publish(Joined(nick, participant.peer))
+            return History(list(self._history))
+
+        return self.presence.claim(nick).addCallback(claimed)
+
+    def leave(self, participant):
+        nick = getattr(participant, "nick", None)
+        if nick is None or self._members.get(nick.lower()) is not participant:
+            return
+        del self._members[nick.lower()]
+        self.presence.release(nick)
+        self.bus.publish(Left(nick))
+
+    def say(self, participant, text):
+        """Send C{text} from C{participant} to everyone else."""
+        self.bus.publish(Said(participant.nick, text))
+
+    def private(self, sender, nick, text):
+        """Send C{text} to C{nick} alone, wherever it is."""
+        self.bus.publish(Private(sender.nick, nick, text))
+
+    def new_mail(self, account, sender, subject):
+        """Tell whoever holds C{account}'s nickname, on any node, of a new message."""
+        self.bus.publish(NewMail(account, sender, subject))
+
+    # What the bus brings
+
+    def _heard(self, event):
+        handler = self._handlers.get(type(event))
+        if handler is not None:
+            handler(event)
+
+    def _said(self, event):
+        if self._history.maxlen:
+            self._history.append(event)
+        self._broadcast(event, self._members.get(event.nick.lower()))
+        if self._chat_log:
+            self._chat_log.said(event.nick, event.text)
+
+    def _joined(self, event):
+        self._broadcast(event, self._members.get(event.nick.lower()))
+        if self._chat_log:
+            self._chat_log.joined(event.nick, event.peer)
+
+    def _left(self, event):
+        if not self.closing:
+            self._broadcast(event)
+        if self._chat_log:
+            self._chat_log.left(event.nick)
+
+    def _private(self, event):
+        recipient = self._members.get(event.recipient.lower())
+        if recipient is not None:
+            self._deliver(recipient, event)
+
+    def _new_mail(self, event):
+        participant = self._members.get(event.account.lower())
+        if participant is not None and participant.account is not None:
+            self._deliver(participant, event)
+
+    def _broadcast(self, event, sender=None):
+        # The room's hottest loop: _deliver inlined.
+        for participant in list(self._members.values()):
+            if participant is not sender:
+                try:
+                    participant.receive(event)
+                except Exception:
+                    self._failed(participant)
+
+    def _deliver(self, participant, event):
+        try:
+            participant.receive(event)
+        except Exception:
+            self._failed(participant)
+
+    def _failed(self, participant):
+        self.log.failure("delivery to {nick} failed", nick=participant.nick)
+        self.leave(participant)

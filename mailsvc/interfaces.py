@@ -1,0 +1,128 @@
+"""
+The seams of mailsvc: what a store, a bus, a presence, a room participant and
+a front must provide. The service depends on these, never on a backend.
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IMailStorage(Interface):
+    """
+    Durable state, and a child service of the process (it starts first and
+    stops last). Every method returns a Deferred that fires only after its
+    change is committed.
+    """
+
+    def add_account(name, password_hash, now):
+        """Create an account; fire with its name. L{errors.NameTaken}."""
+
+    def account(name):
+        """Fire with C{(canonical name, password hash)}, or None."""
+
+    def add_session(token_hash, account, now):
+        """Record a session of C{account}."""
+
+    def session_account(token_hash):
+        """Fire with C{(account, last used)} of a session, or None."""
+
+    def touch_session(token_hash, now):
+        """Record that a session was used at C{now}."""
+
+    def expire_sessions(before):
+        """Forget sessions last used before C{before}; fire with how many."""
+
+    def remove_session(token_hash):
+        """Forget a session and what it staged; fire with whether it existed."""
+
+    def stage(token_hash, text, now):
+        """Stage C{text} in a session. L{errors.TooManyStaged}."""
+
+    def deliver_staged(token_hash, sender, recipient, now):
+        """
+        Move the session's most recent staged text into C{recipient}'s mailbox;
+        fire with the new message id. L{errors.NothingStaged},
+        L{errors.UnknownUser} (the text stays staged).
+        """
+
+    def deliver(recipient, sender, subject, body, now):
+        """
+        Put a message in a mailbox; fire with its id (ids are never reused).
+        L{errors.UnknownUser}, L{errors.MailboxFull}.
+        """
+
+    def count(account):
+        """Fire with the number of messages in a mailbox."""
+
+    def headers(account, sender=None):
+        """Fire with a mailbox's L{mailsvc.store.Message}s, oldest first, without bodies."""
+
+    def message(account, message_id=None):
+        """
+        Fire with one L{mailsvc.store.Message}: C{message_id}, or the oldest.
+        L{errors.NoSuchMessage}, L{errors.EmptyMailbox}.
+        """
+
+    def delete(account, message_id=None):
+        """Delete C{message_id}, or the oldest; fire with the id deleted."""
+
+    def delete_subject(account, subject):
+        """Delete every message with exactly this subject; fire with how many."""
+
+    def summary():
+        """Fire with counts and sizes: a dict, never passwords or bodies."""
+
+
+class IBus(Interface):
+    """
+    Carries room events and cache invalidations to every subscriber of every
+    node. The in-process bus calls subscribers synchronously, in order.
+    """
+
+    def publish(message):
+        """Hand C{message} (a L{mailsvc.core.events.Event}) to every subscriber."""
+
+    def subscribe(callback):
+        """Call C{callback(message)} for each message; return a callable that
+        ends the subscription."""
+
+
+class IPresence(Interface):
+    """Who holds which nickname. A claim can fail; across nodes it is a lease."""
+
+    def claim(nick):
+        """Fire with None once C{nick} is ours; L{errors.NickTaken} if it is
+        held (nicknames compare without case)."""
+
+    def release(nick):
+        """Give C{nick} up."""
+
+    def holds(nick):
+        """Fire with whether anyone, on any node, holds C{nick}."""
+
+    def who():
+        """Fire with every nickname held, sorted."""
+
+
+class IParticipant(Interface):
+    """A member of the chat room, on whatever front."""
+
+    nick = Attribute("The nickname, set by the room on join.")
+    account = Attribute("The mail account this nickname belongs to, or None.")
+    peer = Attribute("Where the participant connects from, for the chat log.")
+
+    def receive(event):
+        """Deliver a room event (L{mailsvc.core.events}); the front picks the
+        words, rendering each event once per format (L{Event.render})."""
+
+
+class IFront(Interface):
+    """A protocol served on a port of its own; see L{mailsvc.fronts.registry}."""
+
+    name = Attribute("A short name: 'mail', 'chat'.")
+    option = Attribute("Its port option, without the dashes: '<name>-port'.")
+    default = Attribute("The default endpoint description; 'none' serves nothing.")
+    description = Attribute("One line for --help.")
+    parameters = Attribute("Extra option rows of its own, as usage.Options' optParameters.")
+
+    def build(service, config, reactor):
+        """Return the factory that serves this front."""
