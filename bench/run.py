@@ -254,8 +254,8 @@ def mailsvc_server(python, directory, cores):
         directory,
         cores,
         ports={
-            "mail": r"MailFactory starting on (\d+)",
-            "chat": r"ChatFactory starting on (\d+)",
+            "mail": r"front mail listening on .*:(\d+)",
+            "chat": r"front chat listening on .*:(\d+)",
         },
     )
 

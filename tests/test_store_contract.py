@@ -1,0 +1,164 @@
+"""
+The store contract (L{mailsvc.interfaces.IMailStorage}), written against the
+interface alone so that it runs unchanged on every backend: the database is
+chosen by MAILSVC_TEST_DB_URL (as buildbot's BUILDBOT_TEST_DB_URL does), a new
+SQLite file per test by default. Each test uses names of its own, so a shared
+database server needs no wiping between tests.
+"""
+
+import os
+import secrets
+
+import pytest
+import pytest_twisted
+from zope.interface.verify import verifyObject
+
+from conftest import within
+from mailsvc import errors
+from mailsvc.interfaces import IMailStorage
+from mailsvc.store import Quotas, open_store
+
+QUOTAS = Quotas(messages=3, bytes=100, staged=2)
+
+
+@pytest.fixture
+def store(tmp_path):
+    from twisted.internet import reactor
+
+    url = os.environ.get("MAILSVC_TEST_DB_URL") or "sqlite:///%s" % (tmp_path / "contract.sqlite")
+    store = open_store(url, reactor, QUOTAS)
+    store.startService()
+    yield store
+    pytest_twisted.blockon(within(store.stopService()))
+
+
+def fresh():
+    """A name no other test uses."""
+    return "t" + secrets.token_hex(8)
+
+
+def token():
+    return secrets.token_bytes(32)
+
+
+def test_it_provides_the_interface(store):
+    assert verifyObject(IMailStorage, store)
+
+
+@pytest_twisted.ensureDeferred
+async def test_accounts_are_unique_without_case(store):
+    name = fresh()
+    assert await within(store.add_account(name, "hash", 1.0)) == name
+    with pytest.raises(errors.NameTaken):
+        await within(store.add_account(name.upper(), "other", 2.0))
+    assert await within(store.account(name.upper())) == (name, "hash")
+    assert await within(store.account(fresh())) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions(store):
+    name, session, other = fresh(), token(), token()
+    await within(store.add_account(name, "hash", 1.0))
+    await within(store.add_session(session, name, 10.0))
+    await within(store.add_session(other, name, 10.0))
+    assert await within(store.session_account(session)) == (name, 10.0)
+    await within(store.touch_session(session, 50.0))
+    assert await within(store.session_account(session)) == (name, 50.0)
+    assert await within(store.expire_sessions(20.0)) >= 1
+    assert await within(store.session_account(other)) is None
+    assert await within(store.session_account(session)) == (name, 50.0)
+    assert await within(store.remove_session(session)) is True
+    assert await within(store.remove_session(session)) is False
+    assert await within(store.session_account(session)) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_staging_and_storing(store):
+    sender, recipient, session = fresh(), fresh(), token()
+    for name in (sender, recipient):
+        await within(store.add_account(name, "hash", 1.0))
+    await within(store.add_session(session, sender, 1.0))
+    with pytest.raises(errors.NothingStaged):
+        await within(store.deliver_staged(session, sender, recipient, 2.0))
+    await within(store.stage(session, "first", 2.0))
+    await within(store.stage(session, "second", 3.0))
+    with pytest.raises(errors.TooManyStaged) as refused:
+        await within(store.stage(session, "third", 4.0))
+    assert refused.value.limit == 2
+    with pytest.raises(errors.UnknownUser):
+        await within(store.deliver_staged(session, sender, fresh(), 5.0))
+    # The most recent first; a refused delivery leaves the text staged.
+    first_id = await within(store.deliver_staged(session, sender, recipient.upper(), 6.0))
+    second_id = await within(store.deliver_staged(session, sender, recipient, 7.0))
+    assert second_id > first_id
+    bodies = [
+        (await within(store.message(recipient, m.id))).body
+        for m in await within(store.headers(recipient))
+    ]
+    assert bodies == ["second", "first"]
+    # Removing a session drops what it staged.
+    await within(store.stage(session, "left", 8.0))
+    await within(store.remove_session(session))
+    await within(store.add_session(session, sender, 9.0))
+    with pytest.raises(errors.NothingStaged):
+        await within(store.deliver_staged(session, sender, recipient, 9.0))
+
+
+@pytest_twisted.ensureDeferred
+async def test_mailboxes(store):
+    alice, bob = fresh(), fresh()
+    for name in (alice, bob):
+        await within(store.add_account(name, "hash", 1.0))
+    with pytest.raises(errors.EmptyMailbox):
+        await within(store.message(alice))
+    with pytest.raises(errors.UnknownUser):
+        await within(store.deliver(fresh(), bob, "s", "b", 1.0))
+    one = await within(store.deliver(alice, bob, "hello", "line 1\nline 2", 2.0))
+    two = await within(store.deliver(alice.upper(), "Carol", "again", "x", 3.0))
+    assert await within(store.count(alice)) == 2
+    headers = await within(store.headers(alice))
+    assert [(m.id, m.sender, m.date, m.subject, m.body) for m in headers] == [
+        (one, bob, 2.0, "hello", ""),
+        (two, "Carol", 3.0, "again", ""),
+    ]
+    assert [m.id for m in await within(store.headers(alice, "carol"))] == [two]
+    oldest = await within(store.message(alice))
+    assert (oldest.id, oldest.body) == (one, "line 1\nline 2")
+    with pytest.raises(errors.NoSuchMessage):
+        await within(store.message(bob, one))  # not bob's
+    assert await within(store.delete(alice)) == one
+    with pytest.raises(errors.NoSuchMessage):
+        await within(store.delete(alice, one))
+    # Ids are never reused, even after a delete.
+    three = await within(store.deliver(alice, bob, "again", "y", 4.0))
+    assert three > two
+    assert await within(store.delete_subject(alice, "again")) == 2
+    assert await within(store.count(alice)) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_quotas(store):
+    name = fresh()
+    await within(store.add_account(name, "hash", 1.0))
+    with pytest.raises(errors.MailboxFull):
+        await within(store.deliver(name, "x", "big", "b" * 101, 1.0))
+    for i in range(3):
+        await within(store.deliver(name, "x", "s", "b", 1.0))
+    with pytest.raises(errors.MailboxFull):
+        await within(store.deliver(name, "x", "s", "b", 1.0))
+    await within(store.delete(name))
+    await within(store.deliver(name, "x", "s", "b", 1.0))
+
+
+@pytest_twisted.ensureDeferred
+async def test_summary_counts_without_secrets(store):
+    name = fresh()
+    await within(store.add_account(name, "secret-hash", 1.0))
+    await within(store.deliver(name, "x", "subject", "body", 1.0))
+    summary = await within(store.summary())
+    assert summary["accounts"] >= 1 and summary["messages"] >= 1
+    assert set(summary) == {
+        "accounts", "sessions", "staged", "staged_chars",
+        "messages", "message_chars", "mailboxes", "largest_mailbox",
+    }  # fmt: skip
+    assert "secret-hash" not in repr(summary)
