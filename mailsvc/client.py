@@ -481,8 +481,3 @@ def connect_chat(reactor, description, nick, **options):
     factory = protocol.Factory.forProtocol(lambda: ChatClient(nick, **options))
     return endpoint.connect(factory).addCallback(lambda client: client.ready)
 
-
-if __name__ == "__main__":
-    from mailsvc.cli import main
-
-    main()
