@@ -19,8 +19,14 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+# Ctrl-C: twistd stops gracefully, then ends by the signal it got, which make
+# would report as "*** [run] Interrupt". The recipe's shell waits for it (a
+# trap, not an ignore, which twistd would inherit and so miss Ctrl-C) and turns
+# that status, and SIGTERM's, into success; any other failure stays loud.
 run: $(VENV)/.installed
-	$(BIN)/twistd -n mailsvc $(ARGS)
+	@echo '$(BIN)/twistd -n mailsvc $(subst ','\'',$(ARGS))'
+	@trap : INT; $(BIN)/twistd -n mailsvc $(ARGS); status=$$?; \
+	case $$status in 130|143) exit 0 ;; *) exit $$status ;; esac
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(ARGS)

@@ -215,6 +215,8 @@ async def _connected(reactor, connect, address, *args, **kwargs):
         return await connect(reactor, address, *args, **kwargs)
     except (mc.RequestFailed, ValueError):
         raise
+    except (mc.NoReply, mc.UnexpectedReply) as e:
+        raise _not_served(address, e)
     except Exception as e:  # refused, unreachable, certificate checks, ...
         raise Failed("cannot connect to %s: %s" % (address, _describe(e)), 3)
 
@@ -228,8 +230,86 @@ def _describe(error):
     return text or type(error).__name__
 
 
+# How long the chat's HELLO may take: the server sends it at once (after the
+# TLS handshake), so waiting longer only hides a wrong port.
+GREETING_TIMEOUT = 15
+
+
+def _tls_address(address):
+    """C{tls:HOST:PORT} for a plain C{tcp:} address, or None."""
+    if not address.startswith("tcp:") or "\\" in address:
+        return None
+    positional, named = [], {}
+    for part in address[len("tcp:") :].split(":"):
+        if "=" in part:
+            key, value = part.split("=", 1)
+            named[key] = value
+        else:
+            positional.append(part)
+    host = named.get("host", positional[0] if positional else None)
+    port = named.get("port", positional[1] if len(positional) > 1 else None)
+    if not host or not port:
+        return None
+    return "tls:%s:%s" % (host, port)
+
+
+def _not_served(address, error):
+    """
+    The L{Failed} for a server that does not speak this port's protocol: a TLS
+    port spoken to in plain text, another service, the other mailsvc port.
+    """
+    tls = _tls_address(address)
+    try_tls = (
+        "try --connect %s (with :trustRoots=DIR for a private CA), or an ssl: address" % tls
+        if tls
+        else "try a tls: or ssl: address with --connect"
+    )
+    if isinstance(error, mc.UnexpectedReply):
+        text = "%s answered %r: that is not a mailsvc reply" % (address, error.line[:80])
+        if error.line == "HELLO":
+            text += " (it is the chat port: mail is on the other port)"
+        else:
+            text += "; is it the right port?"
+    elif error.tls:
+        text = "%s answered in TLS: it is a TLS port; %s" % (address, try_tls)
+    elif error.seconds is not None:
+        text = "%s sent no greeting in %s seconds: is it a mailsvc chat port?" % (
+            address,
+            error.seconds,
+        )
+        if tls:
+            text += " If it is a TLS port, " + try_tls
+    elif error.received:
+        text = "%s sent %r and closed the connection: is it a mailsvc port?" % (
+            address,
+            error.received,
+        )
+    else:
+        text = "the server at %s closed the connection before greeting: is it a TLS port?" % (
+            address,
+        )
+        if tls or not address.startswith(("ssl:", "tls:")):
+            text += " " + try_tls
+    return Failed(text, 3)
+
+
 async def _mail_client(reactor, options):
-    return await _connected(reactor, mc.connect_mail, options.endpoint())
+    address = options.endpoint()
+    client = await _connected(reactor, mc.connect_mail, address)
+    # A first request without the password: a TLS port spoken to in plain
+    # text, or another service, shows itself before any password is sent.
+    try:
+        await client.help()
+    except BaseException as e:
+        client.transport.loseConnection()
+        if isinstance(e, (mc.NoReply, mc.UnexpectedReply)):
+            raise _not_served(address, e)
+        if isinstance(e, mc.RequestFailed):  # too many connections, say
+            raise Failed(e.reason)
+        if isinstance(e, (ConnectionDone, ConnectionLost)):
+            raise Failed("the server closed the connection", 3)
+        raise
+    return client
 
 
 def _print_message(write, message):
@@ -270,6 +350,8 @@ async def one_shot(reactor, options):
         raise Failed(e.reason)
     except ValueError as e:
         raise Failed(str(e), 2)
+    except (mc.NoReply, mc.UnexpectedReply) as e:
+        raise _not_served(sub.endpoint(), e)
     except (ConnectionDone, ConnectionLost):
         raise Failed("the server closed the connection", 3)
     finally:
@@ -300,6 +382,8 @@ async def mail_shell(reactor, options, console):
     try:
         if await _log_in(console, client):
             await _shell(console, client)
+    except (mc.NoReply, mc.UnexpectedReply) as e:
+        raise _not_served(options.endpoint(), e)
     except (ConnectionDone, ConnectionLost):
         console.say("The server closed the connection.")
     finally:
@@ -428,9 +512,12 @@ async def chat(reactor, options, console):
             password=secret,
             on_retry=lambda reason: defer.ensureDeferred(retry(reason)),
             on_event=show,
+            greeting_timeout=GREETING_TIMEOUT,
         )
     except mc.NickRefused:
         raise Failed("no nickname accepted")
+    except mc.RequestFailed as e:  # refused before the greeting
+        raise Failed(e.reason)
     except ValueError as e:
         raise Failed(str(e), 2)
     console.say("Joined as %s. /help for commands, end of input to leave." % client.nick)

@@ -33,6 +33,11 @@ class NotLoggedIn(RequestFailed):
     """The request needs a session, and there is none (or it expired)."""
 
 
+LOGIN_FIRST = "You should log in first."
+
+# The first line of every reply of the mail port.
+_REPLY = re.compile(r"(OK|KO|COUNTED|BYE)( |\Z)")
+
 # How the server's refusals begin when the session is missing or gone.
 _SESSION_GONE = (
     "you should log in first",
@@ -48,6 +53,42 @@ class ChecksumMismatch(RequestFailed):
 
 class NickRefused(RequestFailed):
     """The chat answered RETRY to every nickname offered."""
+
+
+class NoReply(Exception):
+    """
+    The server sent no reply at all: it closed the connection first (a TLS
+    port, when spoken to in plain text, does), or, with C{seconds}, the chat
+    port's greeting did not come in time.
+
+    @ivar received: the bytes that came before, not a line (at most the first 64).
+    @ivar seconds: how long the greeting was awaited, or None if the server closed.
+    """
+
+    def __init__(self, received=b"", seconds=None):
+        self.received = received
+        self.seconds = seconds
+        if seconds is not None:
+            text = "no greeting in %s seconds" % (seconds,)
+        else:
+            text = "the server closed the connection before its first reply"
+        if received:
+            text += " (it sent %r)" % (received,)
+        super().__init__(text)
+
+    @property
+    def tls(self):
+        """What came looks like TLS: a record (alert or handshake) begins so."""
+        return self.received[:1] in (b"\x15", b"\x16")
+
+
+class UnexpectedReply(Exception):
+    """A line that this port never sends: the other end is not this mailsvc
+    port (another service, or the other mailsvc port). C{line} is that line."""
+
+    def __init__(self, line):
+        super().__init__("not a mailsvc reply: %r" % (line[:80],))
+        self.line = line
 
 
 @dataclass(frozen=True)
@@ -98,6 +139,11 @@ class _LineClient(LineReceiver):
     delimiter = b"\n"
     MAX_LENGTH = 1 << 20
 
+    # The first bytes received (to tell TLS or another service from a silent
+    # close), and how many lines: until one, there has been no reply.
+    _received = b""
+    _linesReceived = 0
+
     def connectionMade(self):
         # Fires once the connection can be trusted: at once over plain TCP,
         # after the TLS handshake (and the certificate checks) otherwise.
@@ -116,7 +162,13 @@ class _LineClient(LineReceiver):
         if not self.secured.called:
             self.secured.errback(reason)
 
+    def dataReceived(self, data):
+        if len(self._received) < 64:
+            self._received += data[: 64 - len(self._received)]
+        super().dataReceived(data)
+
     def lineReceived(self, line):
+        self._linesReceived += 1
         if line.endswith(b"\r"):
             line = line[:-1]
         self.textReceived(line.decode("utf-8", "replace"))
@@ -147,6 +199,9 @@ class MailClient(_LineClient):
     def connectionLost(self, reason):
         super().connectionLost(reason)
         self._lost = reason
+        if not self._linesReceived:
+            # Not a word: a TLS port spoken to in plain text, or not a mail port.
+            reason = NoReply(self._received)
         pending, self._pending = self._pending, collections.deque()
         for request in pending:
             request.deferred.errback(reason)
@@ -193,6 +248,12 @@ class MailClient(_LineClient):
             else:
                 request.lines.append(line[1:] if line.startswith(".") else line)
             return
+        if not (_REPLY.match(line) or line == LOGIN_FIRST):
+            # Every later reply would be misread: this is not a mail port.
+            self._pending.popleft()
+            request.deferred.errback(UnexpectedReply(line))
+            self.transport.loseConnection()
+            return
         if request.multiline and line.startswith("OK"):
             request.status, request.lines = line, []
             return
@@ -212,7 +273,7 @@ class MailClient(_LineClient):
             reason = status[3:]
             error = NotLoggedIn if reason.startswith(_SESSION_GONE) else RequestFailed
             request.deferred.errback(error(reason))
-        elif status == "You should log in first.":
+        elif status == LOGIN_FIRST:
             request.deferred.errback(NotLoggedIn(status))
         else:
             try:
@@ -345,9 +406,24 @@ class ChatClient(_LineClient):
         give up (L{ready} then fails with L{NickRefused}). By default, give up.
     @param on_event: called with each L{ChatEvent} after READY. Without it,
         events wait in L{events}.
+    @param greeting_timeout: seconds to wait for the server's HELLO; then
+        L{ready} fails with L{NoReply} and the connection is closed. By
+        default, wait as long as the server keeps the connection.
+    @param clock: for C{greeting_timeout}; the reactor by default.
     """
 
-    def __init__(self, nick, password=None, on_retry=None, on_event=None):
+    _refusal = None
+    _greetingCall = None
+
+    def __init__(
+        self,
+        nick,
+        password=None,
+        on_retry=None,
+        on_event=None,
+        greeting_timeout=None,
+        clock=None,
+    ):
         self.nick = nick
         self.password = password
         self.on_retry = on_retry or (lambda reason: None)
@@ -359,12 +435,42 @@ class ChatClient(_LineClient):
         self._queue = defer.DeferredQueue()
         self._who = collections.deque()
         self._lost = None
+        self.greeting_timeout = greeting_timeout
+        self.clock = clock
+
+    def connectionMade(self):
+        super().connectionMade()
+        if self.greeting_timeout is not None:
+            if self.clock is None:
+                from twisted.internet import reactor as clock
+            else:
+                clock = self.clock
+            self._greetingCall = clock.callLater(self.greeting_timeout, self._noGreeting)
+
+    def _noGreeting(self):
+        self._notGreeted(NoReply(self._received, self.greeting_timeout))
+
+    def _notGreeted(self, error):
+        if not self.ready.called:
+            self.ready.errback(error)
+        self.transport.loseConnection()
+
+    def _stopWaitingForGreeting(self):
+        if self._greetingCall is not None and self._greetingCall.active():
+            self._greetingCall.cancel()
 
     def textReceived(self, line):
         if not self._greeted:
             if line == "HELLO":
                 self._greeted = True
+                self._stopWaitingForGreeting()
                 self._offer(self.nick)
+            elif line.startswith("* error: "):
+                # Refused before the greeting (too many connections): it closes.
+                self._refusal = line[len("* error: ") :]
+            elif not self.transport.disconnecting:
+                self._stopWaitingForGreeting()
+                self._notGreeted(UnexpectedReply(line))
         elif not self._is_ready:
             if line == "READY":
                 self._is_ready = True
@@ -405,9 +511,15 @@ class ChatClient(_LineClient):
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
+        self._stopWaitingForGreeting()
         self._lost = reason
         if not self.ready.called:
-            self.ready.errback(reason)
+            if self._refusal is not None:
+                self.ready.errback(RequestFailed(self._refusal))
+            elif not self._linesReceived:
+                self.ready.errback(NoReply(self._received))
+            else:
+                self.ready.errback(reason)
         waiting, self._who = self._who, collections.deque()
         for d in waiting:
             d.errback(reason)
@@ -478,11 +590,7 @@ def connect_mail(reactor, description, checksums=False):
 def connect_chat(reactor, description, nick, **options):
     """Connect to a chat port and join; fire with the L{ChatClient} once READY."""
     endpoint = endpoints.clientFromString(reactor, description)
+    options.setdefault("clock", reactor)
     factory = protocol.Factory.forProtocol(lambda: ChatClient(nick, **options))
     return endpoint.connect(factory).addCallback(lambda client: client.ready)
 
-
-if __name__ == "__main__":
-    from mailsvc.cli import main
-
-    main()

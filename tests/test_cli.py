@@ -164,11 +164,11 @@ async def test_a_chat_session_through_stdin(mailsvc_server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_python_dash_m_runs_the_same_command(mailsvc_server):
+async def test_python_dash_m_mailsvc_cli_runs_the_same_command(mailsvc_server):
     await run("register", "--user", "bob", "--connect", mailsvc_server.mail)
     out, err, status = await run(
         "count", "--user", "bob", "--connect", mailsvc_server.mail,
-        command=(sys.executable, "-m", "mailsvc.client"),
+        command=(sys.executable, "-m", "mailsvc.cli"),
     )
     assert (out, err, status) == ("0\n", "", 0)
 

@@ -250,3 +250,122 @@ async def test_a_nick_with_a_newline_is_refused(mailsvc_server):
     with pytest.raises(ValueError, match="one line"):
         await within(mc.connect_chat(reactor, mailsvc_server.chat, "nl\nhello room"))
     assert mailsvc_server.participants() == []
+
+
+# The wrong port: over StringTransport, with a Clock for the greeting's timeout.
+
+
+def connected(client):
+    from twisted.internet.testing import StringTransport
+
+    transport = StringTransport()
+    client.makeConnection(transport)
+    return transport
+
+
+def lose(client):
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    client.connectionLost(Failure(ConnectionDone()))
+
+
+@pytest.mark.parametrize(
+    "received, tls", [(b"", False), (b"\x15\x03\x01\x00\x02\x02\x46", True), (b"\x00junk", False)]
+)
+def test_a_mail_port_closed_before_any_reply_is_no_reply(received, tls):
+    from twisted.trial.unittest import SynchronousTestCase
+
+    client = mc.MailClient()
+    connected(client)
+    first, second = client.login("alice", "pw"), client.count()
+    client.dataReceived(received)
+    lose(client)
+    for d in (first, second):
+        failure = SynchronousTestCase().failureResultOf(d, mc.NoReply)
+        assert failure.value.received == received and failure.value.tls == tls
+        assert failure.value.seconds is None
+
+
+@pytest.mark.parametrize(
+    "line", ["HELLO", "HTTP/1.1 400 Bad Request", "220 mx.example.com ESMTP", "OKAY", "400"]
+)
+def test_a_line_that_is_no_mail_reply_ends_the_connection(line):
+    from twisted.trial.unittest import SynchronousTestCase
+
+    client = mc.MailClient()
+    transport = connected(client)
+    d = client.count()
+    client.dataReceived(line.encode() + b"\r\n")
+    assert SynchronousTestCase().failureResultOf(d, mc.UnexpectedReply).value.line == line
+    assert transport.disconnecting
+
+
+@pytest.mark.parametrize(
+    "reply, result",
+    [("COUNTED 2", 2), ("KO no such user: x", mc.RequestFailed),
+     ("You should log in first.", mc.NotLoggedIn)],
+)
+def test_every_kind_of_mail_reply_still_passes(reply, result):
+    from twisted.trial.unittest import SynchronousTestCase
+
+    client = mc.MailClient()
+    transport = connected(client)
+    d = client.count()
+    client.dataReceived(reply.encode() + b"\r\n")
+    if isinstance(result, int):
+        assert SynchronousTestCase().successResultOf(d) == result
+    else:
+        SynchronousTestCase().failureResultOf(d, result)
+    assert not transport.disconnecting
+
+
+def test_the_chat_gives_up_on_a_greeting_that_does_not_come():
+    from twisted.internet.task import Clock
+    from twisted.trial.unittest import SynchronousTestCase
+
+    clock = Clock()
+    client = mc.ChatClient("dave", greeting_timeout=15, clock=clock)
+    transport = connected(client)
+    clock.advance(14)
+    assert not client.ready.called and not transport.disconnecting
+    clock.advance(1)
+    error = SynchronousTestCase().failureResultOf(client.ready, mc.NoReply).value
+    assert (error.seconds, error.received) == (15, b"")
+    assert transport.disconnecting and transport.value() == b""
+    lose(client)
+    assert clock.getDelayedCalls() == []
+
+
+def test_the_greeting_stops_the_chat_timer():
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    client = mc.ChatClient("dave", greeting_timeout=15, clock=clock)
+    transport = connected(client)
+    client.dataReceived(b"HELLO\r\n")
+    assert transport.value() == b"NICK dave\r\n"
+    assert clock.getDelayedCalls() == []
+    clock.advance(60)
+    assert not client.ready.called and not transport.disconnecting
+
+
+@pytest.mark.parametrize(
+    "received, error, check",
+    [
+        (b"", mc.NoReply, lambda e: e.received == b"" and e.seconds is None),
+        (b"\x15\x03\x01\x00\x02\x02\x46", mc.NoReply, lambda e: e.tls),
+        (b"* error: too many connections\r\n", mc.RequestFailed,
+         lambda e: e.reason == "too many connections"),
+        (b"SSH-2.0-OpenSSH_9.6\r\n", mc.UnexpectedReply,
+         lambda e: e.line == "SSH-2.0-OpenSSH_9.6"),
+    ],
+)
+def test_the_chat_before_its_greeting(received, error, check):
+    from twisted.trial.unittest import SynchronousTestCase
+
+    client = mc.ChatClient("dave")
+    connected(client)
+    client.dataReceived(received)
+    lose(client)
+    assert check(SynchronousTestCase().failureResultOf(client.ready, error).value)
