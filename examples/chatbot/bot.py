@@ -3,10 +3,15 @@ A tiny mailsvc bot: it sits in the chat, answers "!ping" and "!help", counts
 who said what, and once a day mails a digest of the day's chat to a list of
 subscribers.
 
-    python bot.py tcp:localhost:8026 tcp:localhost:8025 botname password alice bob
+    MAILSVC_PASSWORD=... python bot.py tcp:localhost:8026 tcp:localhost:8025 botname alice bob
+
+The bot's account (botname) and the subscribers' must exist. The password comes
+from MAILSVC_PASSWORD, or is asked on the terminal.
 """
 
 import collections
+import getpass
+import os
 import sys
 
 from twisted.internet import defer, task
@@ -94,7 +99,8 @@ def run_bot(reactor, chat_address, mail_address, name, password, subscribers):
     return bot
 
 
-def main(reactor, chat_address, mail_address, name, password, *subscribers):
+def main(reactor, chat_address, mail_address, name, *subscribers):
+    password = os.environ.get("MAILSVC_PASSWORD") or getpass.getpass("password: ")
     return run_bot(reactor, chat_address, mail_address, name, password, subscribers).addCallback(
         lambda bot: bot.chat.closed
     )
