@@ -101,3 +101,28 @@ def test_twistd_and_the_harness_pick_up_a_plugin_front(tmp_path):
     finally:
         server.close()
     assert server.problems() == []
+
+
+@pytest.mark.e2e
+def test_a_busy_port_ends_twistd_with_one_line_that_says_what_to_do(tmp_path):
+    import subprocess
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [str(TWISTD), "-n", "mailsvc", "--chat-port", "tcp:%d:interface=127.0.0.1" % port,
+             "--mail-port", "tcp:0:interface=127.0.0.1"],
+            cwd=tmp_path, env=neutral_env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        taken.close()
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert (
+        "mailsvc: cannot serve the chat front on tcp:%d:interface=127.0.0.1:"
+        " [Errno 98] Address already in use; choose another with --chat-port" % port
+    ) in output
