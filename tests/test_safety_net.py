@@ -363,3 +363,48 @@ def test_nick_passwords_are_never_logged(service, clock, mail_factory, chat_fact
     text = "\n".join((formatEvent(e) or "") + repr(e) for e in events)
     assert "failed chat login for account alice from 10.0.0.7" in text  # logged: a failure
     assert "Sesame" not in text
+
+
+# 4, end to end: the limits given to twistd reach the running server.
+
+
+@pytest.mark.e2e
+def test_limit_options_reach_the_running_server(mailsvc_process):
+    """Planted, one at a time: each option ignored in tap.assemble (its default used)."""
+    import time
+
+    server = mailsvc_process(
+        "--nick-timeout", 1, "--chat-idle-timeout", 2, "--quota-bytes", 100,
+        "--max-connections", 1,
+    )
+    with server.connect() as a:
+        assert a("REGISTER alice pw")[0].startswith("OK ")
+        # --max-connections: a second connection to the mail port is refused.
+        with Client(server.port) as refused:
+            assert refused.line() == "KO too many connections"
+            refused.expect_eof()
+        # --quota-bytes: 11 bytes fit, 201 more do not.
+        assert a("SEND alice s\n0123456789\n.") == ["OK 1"]
+        assert a("SEND alice s\n" + "y" * 200 + "\n.") == [
+            "KO mailbox of alice is full: at most 100 bytes"
+        ]
+        assert a("COUNT") == ["COUNTED 1"]
+    # --nick-timeout: a chat client that never sends NICK is cut off after 1 s
+    # (the default is 30, far past the socket's timeout)...
+    with server.connect_chat() as silent:
+        assert silent.line() == "HELLO"
+        # ...and --max-connections holds on the chat port too.
+        with Client(server.chat_port) as refused:
+            assert refused.line() == "* error: too many connections"
+            refused.expect_eof()
+        assert silent.line() == "* error: idle timeout"
+        silent.expect_eof()
+    # --chat-idle-timeout: a participant silent for 2 s is cut off (default 3600).
+    with server.connect_chat() as bob:
+        assert bob.line() == "HELLO"
+        bob.send("NICK bob\n")
+        assert bob.line() == "READY"
+        ready = time.monotonic()
+        assert bob.line() == "* error: idle timeout"
+        assert time.monotonic() - ready > 1.5  # the idle timeout, not the nick's
+        bob.expect_eof()
