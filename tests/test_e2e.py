@@ -18,6 +18,7 @@ import shutil
 import signal
 import site
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -410,14 +411,19 @@ def test_a_restart_keeps_accounts_sessions_and_mail(mailsvc_process):
 
 # 5. kill -9 in the middle of a burst loses nothing that was acknowledged.
 
-CLIENTS = 4
-WINDOW = 16  # requests in flight on each connection
-KILL_AFTER = 150  # acknowledgements before the kill
-BURST_DEADLINE = 20  # seconds, a bound that a healthy run stays far below
+# Each connection runs one request at a time, so a transaction holds at most
+# one SEND per client: many clients and big bodies make each COMMIT write
+# megabytes, which takes long enough that a kill sent the moment an OK arrives
+# lands inside it if that OK was sent before its COMMIT was written.
+CLIENTS = 32
+WINDOW = 1  # requests in flight on each connection
+BODY_LINES = 64  # of about 1000 bytes each
+KILL_AFTER = 100  # acknowledgements before the kill
+BURST_DEADLINE = 30  # seconds, a bound that a healthy run stays far below
 
 
 def test_kill_9_loses_no_acknowledged_mail(mailsvc_process):
-    server = mailsvc_process()
+    server = mailsvc_process("--max-per-peer", CLIENTS + 1)
     with server.connect() as c:
         cookie = cookie_of(c("REGISTER alice pw"))
 
@@ -437,8 +443,17 @@ def test_kill_9_loses_no_acknowledged_mail(mailsvc_process):
             subject = "c%d-%d" % (clients.index(c), next(serial))
             pending[c].append(subject)
             sent.add(subject)
-            batch.append("SEND alice %s %s\nbody of %s\n.\n" % (subject, cookie, subject))
+            line = "%s %s\n" % (subject, "x" * 990)
+            batch.append("SEND alice %s %s\n%s.\n" % (subject, cookie, line * BODY_LINES))
         c.send("".join(batch))
+
+    reader = sqlite3.connect("file:%s?mode=ro" % (server.db,), uri=True, timeout=5)
+
+    def committed(numbers):
+        rows = reader.execute(
+            "SELECT id FROM messages WHERE id IN (%s)" % ",".join("?" * len(numbers)), numbers
+        )
+        return {number for (number,) in rows}
 
     for c in clients:
         top_up(c)
@@ -457,20 +472,31 @@ def test_kill_9_loses_no_acknowledged_mail(mailsvc_process):
                     data = b""
                 buffers[c] += data
                 *lines, buffers[c] = buffers[c].split(b"\r\n")
+                numbers = []
                 for line in lines:
                     line = line.decode()
                     assert re.fullmatch(r"OK \d+", line), line
                     number = int(line[3:])
                     assert number not in acknowledged, "id %d acknowledged twice" % number
                     acknowledged[number] = pending[c].popleft()
+                    numbers.append(number)
+                if numbers and not killed:
+                    # The moment its OK arrives, a message is in the database
+                    # for any reader (committed, not merely about to be).
+                    missing = set(numbers) - committed(numbers)
+                    assert not missing, "acknowledged before its commit: %r" % (missing,)
+                if not killed and len(acknowledged) >= KILL_AFTER and lines:
+                    # At once, the moment an OK arrives: were it sent before
+                    # its transaction was written, the kill would land inside
+                    # the COMMIT.
+                    server.kill()
+                    killed = True
                 if not data:
                     open_clients.discard(c)
                 elif not killed:
                     top_up(c)
-            if not killed and len(acknowledged) >= KILL_AFTER:
-                server.kill()
-                killed = True
     finally:
+        reader.close()
         for c in clients:
             c.close()
     in_flight = sum(len(p) for p in pending.values())

@@ -207,20 +207,32 @@ async def test_the_server_closes_tls_connections(secure):
     """
     from twisted.internet import reactor
 
+    from twisted.internet.error import ConnectionDone
+
+    mailsvc_server = secure.running
     quitter = await within(mc.connect_mail(reactor, secure.mail))
     await within(quitter.register("quitter", "pw"))
     await within(quitter.quit())
+    # Closed by the server, cleanly (close_notify, not a reset after a wait).
+    assert quitter._lost.check(ConnectionDone), quitter._lost
     mail = await within(mc.connect_mail(reactor, secure.mail))
-    await within(mail.login("quitter", "pw"))
+    assert len(await within(mail.login("quitter", "pw"))) == 43
     chat = await within(mc.connect_chat(reactor, secure.chat, "carol"))
-    mailsvc_server = secure.running
+    assert len(mailsvc_server.mail_factory.connections) == 1
+    assert len(mailsvc_server.chat_factory.connections) == 1
+    started = reactor.seconds()
     await within(
         defer.gatherResults(
             [mailsvc_server.mail_factory.closeAll(reactor), mailsvc_server.chat_factory.closeAll(reactor)]
         ),
         4,
     )
+    assert reactor.seconds() - started < 4  # within closeAll's patience: no abort
     await within(defer.gatherResults([mail.closed, chat.closed]))
+    for client in (mail, chat):
+        assert client._lost.check(ConnectionDone), client._lost
+    assert not mailsvc_server.mail_factory.connections
+    assert not mailsvc_server.chat_factory.connections
 
 
 def silent_tls_client(port, identity):
@@ -247,8 +259,14 @@ async def test_an_idle_tls_client_that_never_answers_is_dropped(mailsvc_server, 
     try:
         [connection] = factory.connections
         clock.advance(10)  # the idle timeout: the server tells the client and closes
+        assert connection.transport.disconnecting
+        # The client is told why (it reads this, and still never answers).
+        told = await within(threads.deferToThread(sock.recv, 1024))
+        assert told == b"KO idle timeout\r\n"
+        assert not connection.whenClosed().called  # waiting for the close_notify
         clock.advance(60)  # ample for any grace the server gives before aborting
         await within(connection.whenClosed(), 2)
+        assert not factory.connections
     finally:
         sock.close()
         await within(defer.maybeDeferred(port.stopListening))
@@ -280,16 +298,39 @@ async def test_an_untrusted_certificate_is_refused(secure, stranger, description
         roots=quoteStringArgument(str(secure.identity.roots)),
         stranger=quoteStringArgument(str(stranger.roots)),
     )
+    from twisted.internet import protocol
+    from twisted.internet.endpoints import clientFromString
+
+    # A registered account, whose mailbox shows whether anything got through.
+    trusting = await within(mc.connect_mail(reactor, secure.mail))
+    cookie = await within(trusting.register("mallory", "pw"))
     # connect_mail fires only after the handshake: here it fails, before any
     # request (and its password) could be sent.
     with pytest.raises(error) as refused:
         await within(mc.connect_mail(reactor, description))
     if error is SSL.Error:
         assert "certificate verify failed" in str(refused.value)
+
+    # A client that writes its request at once, before the handshake is over:
+    # the request must wait for a handshake that fails, and never be sent.
+    class Eager(protocol.Protocol):
+        def connectionMade(self):
+            self.transport.write(
+                ("SEND mallory leaked %s\nover an untrusted connection\n.\n" % cookie).encode()
+            )
+
+        def connectionLost(self, reason):
+            lost.callback([reason])
+
+    lost = defer.Deferred()
+    await within(
+        clientFromString(reactor, description).connect(protocol.Factory.forProtocol(Eager))
+    )
+    [reason] = await within(lost)
+    assert reason.check(error), reason  # cut off by the failed check, as above
     # Nothing got through, and the server still serves a client that trusts it.
-    trusting = await within(mc.connect_mail(reactor, secure.mail))
-    with pytest.raises(mc.RequestFailed, match="wrong user name or password"):
-        await within(trusting.login("mallory", "pw"))
+    assert await within(trusting.count()) == 0
+    assert await within(trusting.list()) == []
     await closed(trusting)
 
 
