@@ -64,18 +64,18 @@ def test_participant_provides_the_interface():
 def test_a_real_chat_connection_provides_the_interface(service, clock):
     """The room's real participants, not only the fake above: a ChatProtocol
     on a connection, before and after it joins."""
-    from mailsvc.chatprotocol import ChatFactory
+    from mailsvc.fronts.chat import ChatFactory
     from wire import Wire
 
     wire = Wire(ChatFactory(service, clock=clock))
     assert wire.replies() == ["HELLO"]
-    assert verifyObject(IChatParticipant, wire.protocol)
+    assert verifyObject(IParticipant, wire.protocol)
     assert wire("NICK alice") == ["READY"]
-    assert verifyObject(IChatParticipant, wire.protocol)
+    assert verifyObject(IParticipant, wire.protocol)
     assert (wire.protocol.nick, wire.protocol.account) == ("alice", None)
     assert wire.protocol.peer == "127.0.0.1:50000"
-    wire.protocol.send(b"* pushed by the room\r\n")
-    assert wire.replies() == ["* pushed by the room"]
+    wire.protocol.receive(events.Joined("bob"))
+    assert wire.replies() == ["* bob joined"]
 
 
 def test_join_announces_to_the_others(room):

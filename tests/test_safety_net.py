@@ -16,8 +16,8 @@ from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 
 from conftest import inline_service
-from mailsvc.chatprotocol import ChatFactory
-from mailsvc.mailprotocol import MailFactory
+from mailsvc.fronts.chat import ChatFactory
+from mailsvc.fronts.mail import MailFactory
 from mailsvc.testing.process import Client
 from wire import Wire
 
@@ -177,7 +177,7 @@ LIMITS = [
 @pytest.mark.parametrize("option", LIMITS)
 @pytest.mark.parametrize("value", ["0", "-1"])
 def test_every_limit_refuses_zero(option, value):
-    """Planted: a name dropped from tap.POSITIVE."""
+    """Planted: a name dropped from the option types."""
     from twisted.python import usage
 
     from mailsvc.tap import Options
@@ -191,8 +191,10 @@ def test_every_numeric_option_but_two_is_a_limit():
     """A new numeric option is a limit too (and joins LIMITS) unless 0 means something."""
     from mailsvc.tap import Options
 
-    numeric = {p[0] for p in Options.optParameters if len(p) > 4 and p[4] in (int, float)}
-    assert numeric - set(LIMITS) == {"history", "shutdown-grace"}
+    rows = Options().rows
+    numeric = {row[0]: row[4] for row in rows if hasattr(row[4] if len(row) > 4 else None, "minimum")}
+    assert {name for name, kind in numeric.items() if kind.minimum > 0} == set(LIMITS)
+    assert set(numeric) - set(LIMITS) == {"history", "shutdown-grace"}
 
 
 # 5. The login lockout.
@@ -302,7 +304,7 @@ def test_storage_unavailable_on_both_ports(service, clock, mail_factory, chat_fa
     register(wire, "alice")
     register(Wire(mail_factory), "bob")
     alice = chat_join(chat_factory, "alice", "pw")
-    service.storage.stop()  # closes the connection: every query now fails
+    service.storage.stopService()  # closes the connection: every query now fails
     assert wire("COUNT") == ["KO storage unavailable"]
     assert wire.feed("SEND bob s\nbody\n.\n") == ["KO storage unavailable"]
     assert alice("/msg bob hello") == ["* error: storage unavailable"]
@@ -313,9 +315,10 @@ def test_storage_unavailable_on_both_ports(service, clock, mail_factory, chat_fa
 
 def test_a_full_mailbox_is_told_on_the_chat_port(clock):
     """/msg to a registered user who is not here, whose mailbox is full."""
-    from mailsvc.passwords import Passwords
-    from mailsvc.service import SharedService
-    from mailsvc.storage import Quotas, SQLiteStorage
+    from mailsvc.core.passwords import Passwords
+    from mailsvc.core.service import SharedService
+    from mailsvc.store import Quotas
+    from mailsvc.store.sqlite import SQLiteStorage
 
     service = SharedService(
         SQLiteStorage.inline(quotas=Quotas(messages=1)), Passwords.inline(), clock
