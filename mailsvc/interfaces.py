@@ -109,10 +109,14 @@ class IParticipant(Interface):
     nick = Attribute("The nickname, set by the room on join.")
     account = Attribute("The mail account this nickname belongs to, or None.")
     peer = Attribute("Where the participant connects from, for the chat log.")
+    format = Attribute(
+        "Its front's words: a function from a room event (L{mailsvc.core.events})"
+        " to the bytes to send. The room renders each event once per format"
+        " (L{mailsvc.core.events.Event.render}), however many members share it."
+    )
 
-    def receive(event):
-        """Deliver a room event (L{mailsvc.core.events}); the front picks the
-        words, rendering each event once per format (L{Event.render})."""
+    def send(data):
+        """Deliver C{data}, an event as L{format} rendered it."""
 
 
 class IFront(Interface):

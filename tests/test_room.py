@@ -17,14 +17,16 @@ class Participant:
     nick = None
     account = None
 
+    format = staticmethod(line)
+
     def __init__(self, peer="127.0.0.1:1"):
         self.peer = peer
         self.received = []
-        self.events = []
+        self.payloads = []
 
-    def receive(self, event):
-        self.events.append(event)
-        self.received.extend(event.render(line).decode("utf-8").split("\r\n")[:-1])
+    def send(self, data):
+        self.payloads.append(data)
+        self.received.extend(data.decode("utf-8").split("\r\n")[:-1])
 
     def take(self):
         received, self.received = self.received, []
@@ -32,7 +34,7 @@ class Participant:
 
 
 class Broken(Participant):
-    def receive(self, event):
+    def send(self, data):
         raise OSError("gone")
 
 
@@ -106,10 +108,28 @@ def test_say_reaches_everyone_but_the_sender_encoded_once(room):
     room.say(alice, "héllo")
     assert alice.take() == []
     assert bob.take() == carol.take() == ["alice: héllo"]
-    [said] = bob.events[-1:]
-    assert carol.events[-1] is said
-    assert said.render(line) == b"alice: h\xc3\xa9llo\r\n"
-    assert said.render(line) is said.render(line)
+    assert bob.payloads[-1] == b"alice: h\xc3\xa9llo\r\n"
+    assert carol.payloads[-1] is bob.payloads[-1]
+
+
+def test_each_format_renders_a_broadcast_once(room):
+    rendered = []
+
+    def shout(event):
+        rendered.append(event)
+        return event.render(line).upper()
+
+    class Shouter(Participant):
+        format = staticmethod(shout)
+
+    alice, bob, loud, louder = Participant(), Participant(), Shouter(), Shouter()
+    for p, nick in ((alice, "alice"), (bob, "bob"), (loud, "loud"), (louder, "louder")):
+        join(room, p, nick)
+    del rendered[:]
+    room.say(alice, "hi")
+    assert bob.take()[-1] == "alice: hi"
+    assert loud.payloads[-1] is louder.payloads[-1] == b"ALICE: HI\r\n"
+    assert len(rendered) == 1
 
 
 def test_an_event_is_rendered_once_per_format():

@@ -2,8 +2,10 @@
 The chat room: who is here, and what reaches whom.
 
 Everything said in the room travels as an event over the bus (L{IBus}), and
-the room of every node hands each event it hears to its own members
-(L{IParticipant.receive}), as twisted.words' groups push into IChatClients.
+the room of every node hands each event it hears to its own members, as
+twisted.words' groups push into IChatClients: rendered by each member's front
+(L{IParticipant.format}) once per format, however many members share it, and
+sent as bytes (L{IParticipant.send}).
 Nicknames are claimed through L{IPresence}, so that two nodes never hand out
 the same one. A participant whose delivery raises is removed and the others
 carry on.
@@ -41,6 +43,8 @@ class ChatRoom:
 
     def __init__(self, chat_log=None, history=20, bus=None, presence=None):
         self._members = {}  # nick folded to lower case -> local participant
+        # format -> {nick folded: participant}: a broadcast renders once per format.
+        self._formats = {}
         self._history = collections.deque(maxlen=history)
         self._chat_log = chat_log
         self.bus = bus if bus is not None else LocalBus()
@@ -81,6 +85,7 @@ class ChatRoom:
             participant.nick = nick
             participant.account = account
             self._members[nick.lower()] = participant
+            self._formats.setdefault(participant.format, {})[nick.lower()] = participant
             self.bus.publish(Joined(nick, participant.peer))
             return History(list(self._history))
 
@@ -91,6 +96,10 @@ class ChatRoom:
         if nick is None or self._members.get(nick.lower()) is not participant:
             return
         del self._members[nick.lower()]
+        group = self._formats[participant.format]
+        del group[nick.lower()]
+        if not group:
+            del self._formats[participant.format]
         self.presence.release(nick)
         self.bus.publish(Left(nick))
 
@@ -142,17 +151,19 @@ class ChatRoom:
             self._deliver(participant, event)
 
     def _broadcast(self, event, sender=None):
-        # The room's hottest loop: _deliver inlined.
-        for participant in list(self._members.values()):
-            if participant is not sender:
-                try:
-                    participant.receive(event)
-                except Exception:
-                    self._failed(participant)
+        # The room's hottest loop: one rendering per format, _deliver inlined.
+        for format, group in list(self._formats.items()):
+            data = event.render(format)
+            for participant in list(group.values()):
+                if participant is not sender:
+                    try:
+                        participant.send(data)
+                    except Exception:
+                        self._failed(participant)
 
     def _deliver(self, participant, event):
         try:
-            participant.receive(event)
+            participant.send(event.render(participant.format))
         except Exception:
             self._failed(participant)
 

@@ -92,13 +92,14 @@ class ChatProtocol(TextLineProtocol):
             self.service.leave_chat(self)
         super().connectionLost(reason)
 
+    format = staticmethod(line)
+
     def receive(self, event):
-        """L{IParticipant.receive}."""
         self.send(event.render(line))
 
     def send(self, data):
         """
-        Send C{data}, encoded lines: bounded by the factory's max_sendq, and
+        L{IParticipant.send}: bounded by the factory's max_sendq, and
         written at the end of the reactor turn with whatever else this
         connection is sent in it.
         """
