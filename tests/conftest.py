@@ -103,3 +103,24 @@ def mail_factory(service, clock):
 def server(mailsvc_process):
     """One C{twistd -n mailsvc}, started with the default test arguments."""
     return mailsvc_process()
+
+
+def require(command, package):
+    """
+    The path of C{command}, a real client from Debian's C{package}. Missing, the
+    test is skipped with how to install it, except in CI (CI=true), where
+    .ci/run installs what .ci/packages lists and a missing tool is a failure.
+    """
+    import os
+    import shutil
+
+    path = shutil.which(command)
+    if path is None:
+        message = "%s is not installed: apt-get install %s (listed in .ci/packages)" % (
+            command,
+            package,
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
