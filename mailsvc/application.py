@@ -6,6 +6,17 @@ after another: the listeners stop accepting first, then every front's
 connections get the shutdown notice and the grace period, then the shared
 service, the chat log, and last the store, which finishes every request it
 was given.
+
+Why one by one: the stock MultiService stops every child at once, which
+would close the database while the grace period still serves connections.
+The database and the chat log are opened while the tree is built, before
+anything listens (or twistd daemonizes), so a bad path fails on the
+terminal. A port that cannot be had fails the start at once with
+L{ListenFailed}, a message naming the front and its option. Each front's
+address is logged as L{LISTENING}, then L{ALL_LISTENING}: ports chosen by
+the system (C{tcp:0}) are known from the log, and the subprocess harness and
+the bench read them there. twistd and L{mailsvc.testing} both build the
+tree with L{assemble}, so tests run what twistd serves.
 """
 
 from dataclasses import dataclass

@@ -7,6 +7,13 @@ reactor thread) and throttles failures per name and per address; the
 L{Realm} hands out an avatar for each interface a front asks for. A front
 registers the avatar it needs (POP3 an C{IMailbox}, say) with
 L{Realm.register}.
+
+Why a portal: twisted.mail's POP3 and SMTP and twisted.words already log in
+through one, so a later front reuses them as they are, and every front gets
+the same throttles and the same log lines. twisted.cred's credentials carry
+no peer, so ours do: the per-address throttle needs it. The hash is checked
+in the password pool (L{mailsvc.core.passwords}), never on the reactor, and
+against a decoy for an unknown name, so timing does not tell which names exist.
 """
 
 from twisted.cred.checkers import ICredentialsChecker

@@ -9,6 +9,14 @@ sent as bytes (L{IParticipant.send}).
 Nicknames are claimed through L{IPresence}, so that two nodes never hand out
 the same one. A participant whose delivery raises is removed and the others
 carry on.
+
+Why events, not bytes: each front words them itself, and L{Event.render}
+keeps one rendering per format, so a message to a thousand line clients is
+encoded once. The room never waits for a participant (a slow reader is the
+front's business: the chat's send queue), and it knows nothing of sockets,
+so tests drive it with fake participants. The history keeps L{Said} events,
+rendered when shown. While C{closing} is set (this node closes every
+connection at shutdown) nobody is told who left; the chat log still is.
 """
 
 import collections

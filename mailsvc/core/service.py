@@ -4,6 +4,16 @@ The shared service: the one owner of mailsvc's state.
 Protocols parse a line, call one method here, and turn its result or its
 L{mailsvc.errors.MailsvcError} into a reply. Every method returns a Deferred; a
 Deferred of a change fires only once the change is committed to storage.
+
+Every rule lives here, so the fronts share accounts and mailboxes without
+repeating a check: a reserved nickname is checked through the same portal as
+LOGIN, a chat /msg into a mailbox is delivered by the same code as SEND.
+Two caches keep the store off the hot path. Sessions: the SHA-256 of a
+cookie to its account, the last use written at most every min(60, ttl/4)
+seconds. Message counts: every change to a mailbox publishes
+L{MailboxChanged} before it is acknowledged, on success or failure, which
+drops the cached count; so a COUNT still sees every change acknowledged
+before it, whether its read ran on the database thread or the reactor's.
 """
 
 import hashlib

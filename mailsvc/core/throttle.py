@@ -9,6 +9,11 @@ guesses sent all at once meet the limit as surely as guesses sent one by one;
 with C{lenient_bursts} they count only once the key has failed.
 A key whose last failure is older than C{forget_after} starts afresh, so that
 an address shared by many users is not punished for ever for old typos.
+The default C{longest} (300 s) is below C{forget_after} (900 s), so waiting
+out a lockout never resets the count. The records are in memory only, at
+most C{capacity} keys (the old and idle ones are forgotten first), so a
+flood of names cannot exhaust memory. The rules as users meet them:
+docs/security.md.
 """
 
 import math

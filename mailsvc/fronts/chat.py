@@ -2,6 +2,13 @@
 The line chat front (C{--chat-port}): HELLO, NICK until READY, then every line
 is a message to the room, and lines that begin with C{/} are commands
 answered to the sender alone.
+
+Each room event becomes bytes once for every chat connection (L{line}
+through L{events.Event.render}). A participant that does not read is
+counted, not waited for: past C{--max-sendq} bytes beyond Twisted's buffer it
+is aborted, since a clean close would wait for the very output it does not
+read. Flood control is a token bucket per connection. C{--nick-timeout} is a
+deadline, not a silence: lines that are not a good NICK do not put it off.
 """
 
 import re

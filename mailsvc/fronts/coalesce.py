@@ -14,6 +14,14 @@ of connections per turn, reading input in between: while the room is busy,
 the lines that arrive in the meantime join the queues of the connections
 still waiting, so they share a C{send()} too, and the cost of a delivery
 falls as the load rises instead of the backlog growing.
+
+Measured when chosen: slices of 32 and of 128 connections both gave a chat
+p99 of 16-24 ms at 100,000 deliveries a second, against 29-37 ms with every
+connection in one slice. A queue that reaches L{FLUSH_AT} is written at once,
+so a client that pipelines requests and never reads is held within the turn
+(without it, 13,000 HELPs in one read would all be answered first). A
+connection's queue keeps its order and leaves whole, so replies stay in
+request order; TLS and test transports always take C{transport.write()}.
 """
 
 import collections

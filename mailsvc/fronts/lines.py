@@ -3,6 +3,16 @@ What the line fronts (mail, chat) share below their commands: UTF-8 text
 lines ending in LF or CRLF, replies ending in CRLF, replies kept in request
 order, and an answer to an overlong line instead of Twisted's silent
 disconnect.
+
+Why it is built so: C{lineReceived} never returns a Deferred (LineReceiver
+would take it as "stop", drop the rest of a pipelined buffer and the
+connection); L{TextLineProtocol.respond} holds the connection instead, as
+twisted.mail's POP3 C{_longOperation} does, so replies leave in order. Only
+a complete line resets the idle timer, so a client trickling a partial line
+(slowloris) is still timed out. Output is bounded by Twisted's own write
+buffer (L{OutputBuffer} is a producer that only gauges it) and input by
+L{INPUT_BUFFER}. A close is aborted after L{CLOSE_PATIENCE}: a peer that
+does not read, or a TLS peer that never answers the close, would hold it.
 """
 
 from twisted.internet import defer, protocol

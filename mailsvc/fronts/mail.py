@@ -1,9 +1,16 @@
 """
-The mail command front (C{--port}): parse a request line, call the shared
-service, reply.
+The mail command front (C{--mail-port}, alias C{--port}): parse a request
+line, call the shared service, reply.
 
 Replies keep request order (see L{mailsvc.fronts.lines.TextLineProtocol.respond}), and a
 client that half-closes its side still gets every reply before the server closes.
+
+A SEND's body is read to its "." line even when the SEND line is bad, so a
+body line is never run as a command. Half-close (C{IHalfCloseableProtocol})
+is what lets C{printf ... | nc -N} get every reply; shutdown reuses it: the
+request in progress is answered, the ones waiting behind it are dropped.
+The service's errors become C{KO <reason>}, in this front's words where
+L{WORDS} has some (they name this protocol's commands).
 """
 
 import hashlib

@@ -12,6 +12,16 @@ own reactor, on a temporary SQLite database, with cheap password hashing. The
 pytest plugin (L{mailsvc.testing.pytest_plugin}) and the trial mixin
 (L{mailsvc.testing.trial.MailsvcTestCase}) are built on it; for black-box tests
 of the real process there is L{mailsvc.testing.process}.
+
+Why a real server and not a fake: what passes in a test is then what twistd
+serves (the same L{mailsvc.application.assemble}, options parsed by the same
+L{mailsvc.tap.Options}). Everything goes by front name (L{MailsvcServer.address},
+L{MailsvcServer.port}, L{MailsvcServer.factory}), so a front added later is
+served and reachable with no change here. Seeding and inspection go to the
+service and its store directly, not over the wire, so a test can arrange
+state without a client and check it without trusting one. L{MailsvcServer.stop}
+closes every client and connection and stops the tree, so trial finds a
+clean reactor.
 """
 
 import os

@@ -9,9 +9,21 @@ Its SQL runs through an executor, its private business:
     writers pay for one fsync, not 50. The reactor thread never writes; it
     reads only what costs one indexed row (an account, a session, a count),
     at once, on a read-only connection of its own that never waits for a lock
-    (in WAL mode it sees every commit already acknowledged).
+    (in WAL mode it sees every commit already acknowledged). For such a read
+    the trip through the thread costs more than the read; after any error
+    the read, and those of the next L{READER_RETRY} second, go to the thread.
   - L{InlineExecutor}: runs each request at once on the calling thread, for
     unit tests driven by StringTransport and Clock.
+
+Why so: every OK means "committed with C{synchronous = FULL}", so each commit
+costs an fsync, and batching is the only way to share it. A transaction that
+fails as a whole fails every request in it (L{errors.StorageUnavailable}):
+nothing is acknowledged unless it committed. The thread then opens a new
+connection, never creating the file, so the server recovers when the disk
+does, and a database deleted under it does not come back empty. Quotas are
+checked in the savepoint of the write they guard, on the one thread, so two
+deliveries cannot both take the last place. A batch that only reads begins
+with a plain BEGIN, so reads go on while the database cannot be written.
 
 The schema is the SQL files of C{schema/}, applied in order (L{schema.migrate}).
 """
