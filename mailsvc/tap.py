@@ -35,7 +35,7 @@ GENERAL = [
 def _port_rows(front):
     return [
         front.option,
-        None,
+        front.short,
         front.default,
         "%s: a port number or an endpoint description (tcp:%s:interface=127.0.0.1,"
         " ssl:..., unix:...); %s: not served." % (

@@ -291,7 +291,7 @@ FRONT = Front(
     name="chat",
     default="tcp:8026",
     description="Group chat port",
-    aliases=("c",),
+    short="c",
     parameters=(
         (
             "max-sendq",

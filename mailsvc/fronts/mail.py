@@ -400,7 +400,8 @@ FRONT = Front(
     name="mail",
     default="tcp:8025",
     description="Mail command port",
-    aliases=("port", "p"),
+    short="p",
+    aliases=("port",),
     parameters=(
         ("max-body", None, 1024 * 1024, "Largest SEND body accepted, in bytes.", positive_int),
         ("idle-timeout", None, 300, "Seconds a mail connection may stay silent.", positive_int),

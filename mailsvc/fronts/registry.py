@@ -27,8 +27,8 @@ class Front:
     @ivar build: C{build(service, config, reactor)} returns the factory.
     @ivar parameters: option rows of the front's own (usage.Options'
         optParameters).
-    @ivar aliases: other names of its port option (C{port} for mail, say),
-        a one-letter one as a short option.
+    @ivar short: a one-letter name of its port option, or None.
+    @ivar aliases: other long names of its port option (C{port} for mail).
     """
 
     name: str
@@ -36,6 +36,7 @@ class Front:
     description: str
     build: Callable
     parameters: tuple = ()
+    short: str = None
     aliases: tuple = ()
     option: str = field(default=None)
 
