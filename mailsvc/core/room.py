@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from mailsvc import errors
 from mailsvc.bus.local import LocalBus, LocalPresence
+from mailsvc.core.names import fold
 from mailsvc.core.events import History, Joined, Left, NewMail, Private, Said
 
 NICK = re.compile(r"[A-Za-z0-9_-]{1,32}\Z")
@@ -60,7 +61,7 @@ class ChatRoom:
 
     def __contains__(self, nick):
         """Whether C{nick} is a member on this node."""
-        return nick.lower() in self._members
+        return fold(nick) in self._members
 
     def who(self):
         """Fire with every nickname in the room, on every node, sorted."""
@@ -84,8 +85,8 @@ class ChatRoom:
         def claimed(_):
             participant.nick = nick
             participant.account = account
-            self._members[nick.lower()] = participant
-            self._formats.setdefault(participant.format, {})[nick.lower()] = participant
+            self._members[fold(nick)] = participant
+            self._formats.setdefault(participant.format, {})[fold(nick)] = participant
             self.bus.publish(Joined(nick, participant.peer))
             return History(list(self._history))
 
@@ -93,11 +94,11 @@ class ChatRoom:
 
     def leave(self, participant):
         nick = getattr(participant, "nick", None)
-        if nick is None or self._members.get(nick.lower()) is not participant:
+        if nick is None or self._members.get(fold(nick)) is not participant:
             return
-        del self._members[nick.lower()]
+        del self._members[fold(nick)]
         group = self._formats[participant.format]
-        del group[nick.lower()]
+        del group[fold(nick)]
         if not group:
             del self._formats[participant.format]
         self.presence.release(nick)
@@ -125,12 +126,12 @@ class ChatRoom:
     def _said(self, event):
         if self._history.maxlen:
             self._history.append(event)
-        self._broadcast(event, self._members.get(event.nick.lower()))
+        self._broadcast(event, self._members.get(fold(event.nick)))
         if self._chat_log:
             self._chat_log.said(event.nick, event.text)
 
     def _joined(self, event):
-        self._broadcast(event, self._members.get(event.nick.lower()))
+        self._broadcast(event, self._members.get(fold(event.nick)))
         if self._chat_log:
             self._chat_log.joined(event.nick, event.peer)
 
@@ -141,12 +142,12 @@ class ChatRoom:
             self._chat_log.left(event.nick)
 
     def _private(self, event):
-        recipient = self._members.get(event.recipient.lower())
+        recipient = self._members.get(fold(event.recipient))
         if recipient is not None:
             self._deliver(recipient, event)
 
     def _new_mail(self, event):
-        participant = self._members.get(event.account.lower())
+        participant = self._members.get(fold(event.account))
         if participant is not None and participant.account is not None:
             self._deliver(participant, event)
 

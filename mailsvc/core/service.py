@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from mailsvc import errors
 from mailsvc.core.auth import Credentials, IAccount, portal
 from mailsvc.core.events import MailboxChanged, SessionEnded
-from mailsvc.core.names import MAX_PASSWORD, NAME
+from mailsvc.core.names import MAX_PASSWORD, NAME, fold
 from mailsvc.core.room import ChatRoom, check_nick
 
 # Mailboxes whose message count is kept in memory, at most.
@@ -87,7 +87,7 @@ class SharedService(service.Service):
     def _invalidate(self, event):
         # Whatever node made the change, what was cached of it is stale.
         if type(event) is MailboxChanged:
-            self._counts.pop(event.account.lower(), None)
+            self._counts.pop(fold(event.account), None)
         elif type(event) is SessionEnded:
             self._sessions.pop(event.token_hash, None)
 
@@ -234,7 +234,7 @@ class SharedService(service.Service):
         return self._as(cookie, self._count)
 
     def _count(self, account):
-        key = account.lower()
+        key = fold(account)
         cached = self._counts.get(key)
         if cached is not None:
             return defer.succeed(cached)

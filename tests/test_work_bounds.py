@@ -1,0 +1,135 @@
+"""
+Work a stranger can ask for is bounded (issue 16, findings 4, 5, 6 and 8):
+each mechanism on its own, inline service, StringTransport and task.Clock.
+"""
+
+import time
+import tracemalloc
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from conftest import fired
+from mailsvc import errors
+from mailsvc.core.auth import PasswordChecker
+from mailsvc.core.names import fold
+from mailsvc.core.throttle import Throttle, TokenBuckets
+
+
+# 8. Name folding, and names validated before anything is keyed on them
+
+
+def test_folding_is_ascii_only():
+    assert fold("KaTe") == "kate"
+    assert fold("\u212aate") == "\u212aate"  # KELVIN SIGN stays itself
+    assert fold("\u0130stanbul") == "\u0130stanbul"
+
+
+def test_kelvin_sign_does_not_lock_out_kate(service, logged_errors):
+    fired(service.register("kate", "secret"))
+    for _ in range(10):
+        failure = fired(service.login("\u212aate", "wrong", "10.0.0.%d" % (_,)))
+        assert failure.check(errors.BadCredentials)
+    # kate's own name was never keyed on: she logs in at once.
+    assert isinstance(fired(service.login("kate", "secret", "10.0.1.1")), str)
+
+
+def test_an_invalid_name_is_logged_as_such(service):
+    from twisted.logger import globalLogPublisher, formatEvent
+
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        fired(service.login("\u212aate", "wrong", "10.0.0.9"))
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    said = [formatEvent(e) for e in seen if "failed login" in (formatEvent(e) or "")]
+    assert said == ["failed login for an invalid name from 10.0.0.9"]
+
+
+def test_an_invalid_name_counts_against_the_address_only(service):
+    checker = service.portal.checkers[next(iter(service.portal.checkers))]
+    for _ in range(3):
+        fired(service.login("x" * 8192, "wrong", "10.0.0.7"))
+    assert len(checker.name_throttle._records) == 0
+    assert checker.peer_throttle._records["10.0.0.7"].failures == 3
+
+
+class InstantPasswords:
+    """Verification that costs nothing: the throttle is what is measured."""
+
+    def verify(self, password_hash, password):
+        return defer.succeed(False)
+
+
+class NoStorage:
+    def account(self, name):
+        return defer.succeed(None)
+
+
+def test_failed_long_names_hold_no_memory(clock):
+    checker = PasswordChecker(NoStorage(), InstantPasswords(), clock)
+    from mailsvc.core.auth import Credentials
+
+    def fail(name, peer):
+        failure = fired(checker.requestAvatarId(Credentials(name, "x", peer)))
+        assert failure.check(errors.BadCredentials, errors.TooManyFailures)
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for i in range(5000):
+            # 8 KB names, from as many addresses as there are names.
+            fail("%d" % (i,) + "n" * 8192, "10.%d.%d.%d" % (i >> 16, (i >> 8) & 255, i & 255))
+            clock.advance(0.01)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    # Kept, the names alone would be 41 MB; the address records are ~1 MB.
+    assert grown < 4_000_000, grown
+    assert len(checker.name_throttle._records) == 0
+
+
+def test_throttle_forgets_old_records_from_the_front(clock):
+    throttle = Throttle(clock, free=3, forget_after=900.0, capacity=1000)
+    for i in range(500):
+        throttle.begin("k%d" % (i,))
+        throttle.end("k%d" % (i,), False)
+    clock.advance(901)
+    throttle.begin("new")
+    throttle.end("new", False)
+    # Every record older than forget_after went, on the way.
+    assert list(throttle._records) == ["new"]
+
+
+def test_throttle_eviction_is_cheap_at_capacity():
+    clock = Clock()
+    throttle = Throttle(clock, free=3, capacity=20_000)
+    for i in range(20_000):
+        throttle.begin(i)
+        throttle.end(i, False)
+    # Full, every record recent: each new failure evicts the oldest, not a scan.
+    started = time.perf_counter()
+    for i in range(20_000, 25_000):
+        throttle.begin(i)
+        throttle.end(i, False)
+    per_failure = (time.perf_counter() - started) / 5000
+    assert len(throttle._records) == 20_000
+    assert 0 not in throttle._records and 24_999 in throttle._records
+    # A scan of 20,000 records costs milliseconds; a pop from the front, microseconds.
+    assert per_failure < 0.0005, per_failure
+
+
+def test_a_failure_moves_a_record_to_the_back(clock):
+    throttle = Throttle(clock, free=3, capacity=2)
+    throttle.begin("a")
+    throttle.end("a", False)
+    throttle.begin("b")
+    throttle.end("b", False)
+    throttle.begin("a")
+    throttle.end("a", False)  # a failed last: b is the oldest
+    throttle.begin("c")
+    throttle.end("c", False)
+    assert list(throttle._records) == ["a", "c"]
