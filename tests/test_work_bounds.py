@@ -133,3 +133,72 @@ def test_a_failure_moves_a_record_to_the_back(clock):
     throttle.begin("c")
     throttle.end("c", False)
     assert list(throttle._records) == ["a", "c"]
+
+
+# 4. DUMP without a login
+
+
+class CountingStore:
+    """A store whose summaries are counted, and fire when told."""
+
+    def __init__(self, store):
+        self._store = store
+        self.summaries = []
+
+    def summary(self):
+        d = defer.Deferred()
+        self.summaries.append(d)
+        return d
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def test_dump_summary_is_computed_at_most_once_a_second(service, clock, wire_for):
+    store = service.storage = CountingStore(service.storage)
+    wire = wire_for(service, clock)
+    for _ in range(50):
+        wire("DUMP")
+    # One summary in progress, shared by all 50.
+    assert len(store.summaries) == 1
+    store.summaries[0].callback(fired(store._store.summary()))
+    assert wire.replies() == ["OK"] * 50
+    clock.advance(0.5)
+    assert wire("DUMP") == ["OK"]  # the last one, still fresh
+    assert len(store.summaries) == 1
+    clock.advance(0.5)
+    wire("DUMP")
+    assert len(store.summaries) == 2
+
+
+def test_a_failed_dump_summary_is_not_kept(service, clock, wire_for, logged_errors):
+    store = service.storage = CountingStore(service.storage)
+    wire = wire_for(service, clock)
+    wire("DUMP")
+    store.summaries[0].errback(errors.StorageUnavailable())
+    assert wire.replies() == ["OK"]
+    wire("DUMP")
+    assert len(store.summaries) == 2
+
+
+def test_dump_summary_reads_the_mailbox_counts(service):
+    fired(service.register("alice", "secret"))
+    fired(service.register("bob", "secret"))
+    for i in range(3):
+        fired(service.deliver("alice", "bob", "s%d" % (i,), "body"))
+    fired(service.deliver("bob", "alice", "hello", "\u2603"))
+    fired(service.storage.delete("bob"))
+    summary = fired(service.storage.summary())
+    assert (summary["messages"], summary["mailboxes"], summary["largest_mailbox"]) == (3, 1, 3)
+    assert summary["message_chars"] == 3 * len("s0body")
+
+
+@pytest.fixture
+def wire_for():
+    from mailsvc.fronts.mail import MailFactory
+    from wire import Wire
+
+    def make(service, clock):
+        return Wire(MailFactory(service, clock=clock))
+
+    return make

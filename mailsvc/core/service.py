@@ -12,6 +12,7 @@ import secrets
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mailsvc import errors
 from mailsvc.core.auth import Credentials, IAccount, portal
@@ -21,6 +22,9 @@ from mailsvc.core.room import ChatRoom, check_nick
 
 # Mailboxes whose message count is kept in memory, at most.
 COUNT_CACHE = 100_000
+
+# Seconds DUMP's summary is reused before the store is asked again.
+DUMP_INTERVAL = 1.0
 
 
 def new_cookie():
@@ -68,6 +72,9 @@ class SharedService(service.Service):
         self._sessions = {}
         # account name folded to lower case -> messages in its mailbox.
         self._counts = {}
+        # DUMP's summary: the Deferred of the last one, and when it was asked.
+        self._dump = None
+        self._dumped_at = 0.0
         self._expiry = task.LoopingCall(self._expire_sessions)
         self._expiry.clock = clock
         self.bus.subscribe(self._invalidate)
@@ -282,19 +289,43 @@ class SharedService(service.Service):
         ).addCallback(deleted)
 
     def dump(self):
-        """Log a summary of the stored state (never passwords or bodies)."""
+        """Log a summary of the stored state (never passwords or bodies); fire
+        with it.
 
-        def logged(summary):
-            self.log.info(
-                "DUMP: {accounts} accounts, {sessions} sessions,"
-                " {staged} staged messages ({staged_chars} characters),"
-                " {messages} messages ({message_chars} characters) in {mailboxes}"
-                " mailboxes, the largest holding {largest_mailbox}",
-                **summary,
-            )
-            return summary
+        Anyone may ask, without a login: the summary is computed (and logged)
+        at most once every L{DUMP_INTERVAL} seconds, and every DUMP meanwhile
+        is given that one (the one in progress, or the last)."""
+        now = self.clock.seconds()
+        if self._dump is None or now - self._dumped_at >= DUMP_INTERVAL:
+            self._dumped_at = now
+            self._dump = self.storage.summary().addCallbacks(self._dump_logged, self._dump_failed)
+        d = defer.Deferred()
 
-        return self.storage.summary().addCallback(logged)
+        def given(summary):
+            if summary is None:
+                d.errback(errors.StorageUnavailable())
+            else:
+                d.callback(summary)  # a Failure errbacks d
+            return summary if not isinstance(summary, Failure) else None
+
+        self._dump.addBoth(given)
+        return d
+
+    def _dump_logged(self, summary):
+        self.log.info(
+            "DUMP: {accounts} accounts, {sessions} sessions,"
+            " {staged} staged messages ({staged_chars} characters),"
+            " {messages} messages ({message_chars} bytes) in {mailboxes}"
+            " mailboxes, the largest holding {largest_mailbox}",
+            **summary,
+        )
+        return summary
+
+    def _dump_failed(self, failure):
+        # Not kept: the next DUMP asks again.
+        self._dump = None
+        failure.trap(errors.StorageUnavailable)
+        return None
 
     # The chat room
 
