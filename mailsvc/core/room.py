@@ -35,6 +35,11 @@ class ChatRoom:
     @param bus: an L{IBus}; presence: an L{IPresence} (in-process ones by default).
     @param chat_log: a L{mailsvc.core.chatlog.ChatLog}, or None.
     @param history: how many recent messages a newcomer is shown.
+    @param clock: an L{IReactorTime}, for coalescing new-mail notices: the
+        first to a member goes at once; the others within C{mail_window}
+        seconds become one notice with their count when the window ends, so
+        mail can never flood anyone's chat (at most one notice a window).
+        None: every notice at once.
     """
 
     log = Logger()
@@ -42,7 +47,13 @@ class ChatRoom:
     # that each of the others left.
     closing = False
 
-    def __init__(self, chat_log=None, history=20, bus=None, presence=None):
+    def __init__(
+        self, chat_log=None, history=20, bus=None, presence=None, clock=None, mail_window=1.0
+    ):
+        self.clock = clock
+        self.mail_window = mail_window
+        # member folded -> _MailWindow: notices held back in the current window.
+        self._mail_windows = {}
         self._members = {}  # nick folded to lower case -> local participant
         # format -> {nick folded: participant}: a broadcast renders once per format.
         self._formats = {}
@@ -147,9 +158,46 @@ class ChatRoom:
             self._deliver(recipient, event)
 
     def _new_mail(self, event):
-        participant = self._members.get(fold(event.account))
-        if participant is not None and participant.account is not None:
+        key = fold(event.account)
+        participant = self._members.get(key)
+        if participant is None or participant.account is None:
+            return
+        if self.clock is None:
             self._deliver(participant, event)
+            return
+        window = self._mail_windows.get(key)
+        if window is None:
+            # The first: at once, and later ones wait for the window's end.
+            self._deliver(participant, event)
+            self._open_mail_window(key)
+        else:
+            window.count += event.count
+            window.latest = event
+
+    def _open_mail_window(self, key):
+        window = self._mail_windows[key] = _MailWindow()
+        window.call = self.clock.callLater(self.mail_window, self._mail_window_ended, key)
+
+    def _mail_window_ended(self, key):
+        window = self._mail_windows.pop(key)
+        if not window.count:
+            return
+        participant = self._members.get(key)
+        if participant is None or participant.account is None:
+            return
+        latest = window.latest
+        self._deliver(
+            participant, NewMail(latest.account, latest.sender, latest.subject, window.count)
+        )
+        # Mail still coming: one notice a window, for as long as it comes.
+        self._open_mail_window(key)
+
+    def stop(self):
+        """Cancel the notices still held back (the server is stopping)."""
+        for window in self._mail_windows.values():
+            if window.call.active():
+                window.call.cancel()
+        self._mail_windows.clear()
 
     def _broadcast(self, event, sender=None):
         # The room's hottest loop: one rendering per format, _deliver inlined.
@@ -171,3 +219,12 @@ class ChatRoom:
     def _failed(self, participant):
         self.log.failure("delivery to {nick} failed", nick=participant.nick)
         self.leave(participant)
+
+
+class _MailWindow:
+    __slots__ = ("count", "latest", "call")
+
+    def __init__(self):
+        self.count = 0
+        self.latest = None
+        self.call = None
