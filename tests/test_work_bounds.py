@@ -202,3 +202,201 @@ def wire_for():
         return Wire(MailFactory(service, clock=clock))
 
     return make
+
+
+# 5. Deliveries limited per sender; new-mail notices coalesced
+
+
+def test_token_buckets(clock):
+    buckets = TokenBuckets(clock, rate=1.0, burst=3)
+    assert [buckets.take("bob") for _ in range(4)] == [True, True, True, False]
+    assert buckets.wait("bob") == pytest.approx(1.0)
+    assert buckets.take("alice")  # each key its own bucket
+    clock.advance(1)
+    assert buckets.take("bob") and not buckets.take("bob")
+    clock.advance(10)
+    buckets.take("carol")
+    # Refilled buckets are the same as none: forgotten on the way.
+    assert list(buckets._buckets) == ["carol"]
+
+
+def test_token_buckets_bounded_in_memory(clock):
+    buckets = TokenBuckets(clock, rate=0.001, burst=2, capacity=100)
+    for i in range(1000):
+        buckets.take(i)
+    assert len(buckets) == 100
+
+
+@pytest.fixture
+def limited(clock):
+    from mailsvc.core.passwords import Passwords
+    from mailsvc.core.service import SharedService
+    from mailsvc.store.sqlite import SQLiteStorage
+
+    service = SharedService(
+        SQLiteStorage.inline(),
+        Passwords.inline(),
+        clock,
+        sends=TokenBuckets(clock, rate=1.0, burst=3),
+        registrations=TokenBuckets(clock, rate=2 / 3600.0, burst=2),
+    )
+    service.startService()
+    yield service
+    service.stopService()
+
+
+def test_every_front_that_delivers_shares_the_sender_s_bucket(limited, clock, wire_for):
+    from mailsvc.fronts.chat import ChatFactory
+    from wire import Wire
+
+    fired(limited.register("alice", "pw"))
+    fired(limited.register("bob", "pw"))
+    mail = wire_for(limited, clock)
+    assert mail("LOGIN bob pw")[0].startswith("OK ")
+    assert mail("SEND alice one") == [] and mail(".") == ["OK 1"]
+    assert mail("MESSAGE two") == ["OK"]
+    assert mail("STORE alice") == ["OK"]
+    chat = Wire(ChatFactory(limited, clock=clock))
+    chat("NICK bob pw")
+    assert chat("/msg alice three") == ["* alice is not here: your message is in their mailbox"]
+    # Three at once was bob's burst: the fourth, on any front, is refused.
+    assert chat("/msg alice four") == [
+        "* error: too many messages sent: try again in 1 second"
+    ]
+    assert mail("MESSAGE five") == ["OK"]
+    assert mail("STORE alice") == ["KO too many messages sent: try again in 1 second"]
+    mail("SEND alice six")
+    assert mail(".") == ["KO too many messages sent: try again in 1 second"]
+    # Anyone else may still send; bob again after a second.
+    fired(limited.deliver("bob", "alice", "hi", "body"))
+    clock.advance(1)
+    mail("SEND alice seven")
+    assert mail(".")[0].startswith("OK ")
+
+
+def test_new_mail_notices_are_coalesced(service, clock):
+    from mailsvc.fronts.chat import ChatFactory
+    from wire import Wire
+
+    fired(service.register("alice", "pw"))
+    chat = Wire(ChatFactory(service, clock=clock))
+    chat.replies()
+    assert chat("NICK alice pw") == ["READY"]
+    for i in range(37):
+        fired(service.deliver("alice", "bob", "Subject %d" % (i,), "body"))
+    # The first at once, the others held for the window.
+    assert chat.replies() == ["* new mail from bob: Subject 0"]
+    clock.advance(0.99)
+    assert chat.replies() == []
+    clock.advance(0.01)
+    assert chat.replies() == ["* 36 new mails, latest from bob: Subject 36"]
+    # Mail still coming: one line a window.
+    fired(service.deliver("alice", "carol", "again", "body"))
+    assert chat.replies() == []
+    clock.advance(1)
+    assert chat.replies() == ["* new mail from carol: again"]
+    # A quiet window closes it: the next notice goes at once.
+    clock.advance(1)
+    fired(service.deliver("alice", "bob", "later", "body"))
+    assert chat.replies() == ["* new mail from bob: later"]
+
+
+def test_mail_cannot_flood_the_recipient_out_of_the_chat(service, clock):
+    """1,500 mails with 8 KB subjects: a few notices, never SendQ exceeded."""
+    from mailsvc.fronts.chat import ChatFactory
+    from wire import Wire
+
+    fired(service.register("alice", "pw"))
+    factory = ChatFactory(service, clock=clock, max_sendq=64 * 1024)
+    chat = Wire(factory)
+    chat.replies()
+    chat("NICK alice pw")
+    subject = "s" * 8000
+    sent = 0
+    for second in range(3):
+        for i in range(500):
+            fired(service.deliver("alice", "bob", subject, "x"))
+        clock.advance(1)
+        sent += len(chat.transport.value())
+        chat.transport.clear()
+    assert chat.protocol.transport.disconnecting is False
+    assert sent < 5 * 8100, sent
+
+
+# 6. Registration limited per address; hashing shared fairly; the disk guard
+
+
+def test_register_is_limited_per_address(limited, clock, wire_for):
+    from wire import Wire
+    from mailsvc.fronts.mail import MailFactory
+
+    factory = MailFactory(limited, clock=clock)
+    one = Wire(factory, host="10.0.0.1")
+    assert one("REGISTER a1 pw")[0].startswith("OK ")
+    assert one("REGISTER a2 pw")[0].startswith("OK ")
+    assert one("REGISTER a3 pw") == [
+        "KO too many new accounts from your address: try again in 30 minutes"
+    ]
+    # Another address is not concerned; this one gets one back in half an hour.
+    assert Wire(factory, host="10.0.0.2")("REGISTER b1 pw")[0].startswith("OK ")
+    clock.advance(1800)
+    assert one("REGISTER a3 pw")[0].startswith("OK ")
+
+
+def test_registrations_never_take_every_password_thread():
+    from mailsvc.core.passwords import Passwords, cheap_hasher
+
+    pending = []
+
+    def hold(f, *args):
+        d = defer.Deferred()
+        pending.append((d, f, args))
+        return d
+
+    passwords = Passwords(hold, cheap_hasher(), hash_slots=1)
+    hashes = [passwords.hash("pw%d" % (i,)) for i in range(50)]
+    verify = passwords.verify(None, "x")
+    # 50 registrations waiting: one of them in the pool, and the login beside it.
+    assert [f.__name__ for _, f, _ in pending] == ["hash", "_verify"]
+    while pending:
+        d, f, args = pending.pop(0)
+        d.callback(f(*args))
+    assert all(d.called for d in hashes) and fired(verify) is False
+
+
+class FakeStat:
+    def __init__(self, free):
+        self.f_bavail, self.f_frsize = free, 1
+
+
+def test_disk_guard_refuses_accounts_and_deliveries_but_not_deletes(service, clock, wire_for):
+    from mailsvc.core.disk import DiskGuard
+
+    fired(service.register("alice", "pw"))
+    free = [10**9]
+    measured = []
+
+    def statvfs(path):
+        measured.append(path)
+        return FakeStat(free[0])
+
+    service.disk = DiskGuard("/db", 100 * 1024 * 1024, clock, statvfs=statvfs)
+    wire = wire_for(service, clock)
+    assert wire("LOGIN alice pw")[0].startswith("OK ")
+    wire("SEND alice hi")
+    assert wire(".") == ["OK 1"]
+    free[0] = 50 * 1024 * 1024
+    wire("SEND alice again")
+    assert wire(".") == ["OK 2"]  # measured less than a second ago
+    clock.advance(1)
+    full = "KO the server is short of disk space: try again later (deleting messages still works)"
+    wire("SEND alice refused")
+    assert wire(".") == [full]
+    assert wire("REGISTER bob pw") == [full]
+    assert wire("MESSAGE staged") == [full]
+    assert wire("DELETE 1") == ["OK deleted 1"]
+    assert wire("DELETE SUBJECT again") == ["OK deleted 1"]
+    assert measured == ["/db", "/db"]
+    free[0] = 10**9
+    clock.advance(1)
+    assert wire("REGISTER bob pw")[0].startswith("OK ")

@@ -36,15 +36,19 @@ class DiskGuard:
         self._measured_at = 0.0
         self._measuring = None
         self._short = False
+        self._ever = False  # measured (or tried) at least once
 
     def check(self):
         """Fire with None if there is room; fail with L{errors.DiskFull} if not."""
         now = self.clock.seconds()
-        if self._free is not None and now - self._measured_at < self.interval:
+        if self._measuring is None and self._ever and now - self._measured_at < self.interval:
             return self._verdict()
         if self._measuring is None:
             self._measured_at = now
-            self._measuring = self._run(self._measure).addBoth(self._measured)
+            measuring = self._measuring = defer.Deferred()
+            self._run(self._measure).addBoth(self._measured).chainDeferred(measuring)
+            if measuring.called:  # measured at once (tests)
+                return self._verdict()
         d = defer.Deferred()
         self._measuring.addBoth(lambda _: self._verdict().chainDeferred(d))
         return d
@@ -55,6 +59,7 @@ class DiskGuard:
 
     def _measured(self, free):
         self._measuring = None
+        self._ever = True
         if isinstance(free, int):
             self._free = free
         else:
