@@ -19,21 +19,24 @@ the bench read them there. twistd and L{mailsvc.testing} both build the
 tree with L{assemble}, so tests run what twistd serves.
 """
 
+import os
 from dataclasses import dataclass
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import defer, endpoints, task
+from twisted.internet import defer, endpoints, task, threads
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from mailsvc.core.chatlog import ChatLog
+from mailsvc.core.disk import DiskGuard
+from mailsvc.core.throttle import TokenBuckets
 from mailsvc.core.events import Shutdown
 from mailsvc.core.passwords import Passwords
 from mailsvc.core.room import ChatRoom
 from mailsvc.core.service import SharedService
 from mailsvc.fronts.registry import OFF
-from mailsvc.store import Quotas, open_store
+from mailsvc.store import Quotas, open_store, sqlite_path
 
 log = Logger()
 
@@ -135,6 +138,18 @@ class Assembly:
     listening: defer.Deferred
 
 
+def _disk_guard(config, reactor):
+    path = sqlite_path(config["db"])
+    if not config["min-free-disk"] or path == ":memory:" or "://" in path:
+        return None
+    return DiskGuard(
+        os.path.dirname(os.path.abspath(path)),
+        config["min-free-disk"],
+        reactor,
+        run=lambda f: threads.deferToThread(f),
+    )
+
+
 def assemble(config, reactor, hasher=None, top=None):
     """Build the service tree from parsed L{mailsvc.tap.Options} under C{top}
     (a new L{OneByOne} by default); nothing is started."""
@@ -156,8 +171,13 @@ def assemble(config, reactor, hasher=None, top=None):
         store,
         Passwords.threaded(reactor, hasher=hasher),
         reactor,
-        ChatRoom(chat_log, history=config["history"]),
+        ChatRoom(chat_log, history=config["history"], clock=reactor),
         session_ttl=config["session-ttl"],
+        sends=TokenBuckets(reactor, rate=config["send-rate"], burst=config["max-sends"]),
+        registrations=TokenBuckets(
+            reactor, rate=config["max-registrations"] / 3600.0, burst=config["max-registrations"]
+        ),
+        disk=_disk_guard(config, reactor),
     )
     shared.setServiceParent(top)
     served = [(f, config[f.option]) for f in config.fronts if config[f.option] != OFF]

@@ -118,3 +118,39 @@ class NotHere(NoSuchNick):
     def __init__(self, nick):
         super().__init__(nick)
         self.reason = "%s is not here" % (nick,)
+
+
+class TooManySends(MailsvcError):
+    """The sender has sent its share for now (L{mailsvc.core.service}'s
+    per-sender token bucket, C{--max-sends} and C{--send-rate}).
+
+    @ivar wait: seconds until it may send again."""
+
+    def __init__(self, wait):
+        self.wait = wait
+        super().__init__(
+            "too many messages sent: try again in %d second%s"
+            % (max(1, round(wait)), "" if max(1, round(wait)) == 1 else "s")
+        )
+
+
+class TooManyRegistrations(MailsvcError):
+    """This address has created its share of accounts for now
+    (C{--max-registrations}).
+
+    @ivar wait: seconds until it may create one again."""
+
+    def __init__(self, wait):
+        self.wait = wait
+        minutes = max(1, int(-(-wait // 60)))
+        super().__init__(
+            "too many new accounts from your address: try again in %d minute%s"
+            % (minutes, "" if minutes == 1 else "s")
+        )
+
+
+class DiskFull(MailsvcError):
+    """Less than C{--min-free-disk} is free where the database lives: new
+    accounts and deliveries are refused (deleting still works)."""
+
+    reason = "the server is short of disk space: try again later (deleting messages still works)"

@@ -9,7 +9,13 @@ from twisted.python import usage
 
 from mailsvc.application import ListenFailed, OneByOne, assemble
 from mailsvc.fronts import registry
-from mailsvc.options import check_bounds, endpoint, non_negative_int, positive_int
+from mailsvc.options import (
+    check_bounds,
+    endpoint,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 GENERAL = [
     ["db", "d", "mailsvc.sqlite", "SQLite database file (created if missing)."],
@@ -29,6 +35,29 @@ GENERAL = [
     ["max-connections", None, 10000, "Connections to each front at once.", positive_int],
     ["max-per-peer", None, 100, "Connections to each front from one address.", positive_int],
     ["session-ttl", None, 86400, "Seconds a session cookie may go unused.", positive_int],
+    [
+        "max-sends",
+        None,
+        30,
+        "Messages one account may send at once, on every front (then --send-rate).",
+        positive_int,
+    ],
+    ["send-rate", None, 1.0, "Messages a second one account may send on average.", positive_float],
+    [
+        "max-registrations",
+        None,
+        60,
+        "Accounts one address may create per hour (all of them at once, at most).",
+        positive_int,
+    ],
+    [
+        "min-free-disk",
+        None,
+        100 * 1024 * 1024,
+        "Bytes that must stay free on the database's disk: below, new accounts and"
+        " deliveries are refused (0: no guard).",
+        non_negative_int,
+    ],
 ]
 
 

@@ -423,7 +423,8 @@ BURST_DEADLINE = 30  # seconds, a bound that a healthy run stays far below
 
 
 def test_kill_9_loses_no_acknowledged_mail(mailsvc_process):
-    server = mailsvc_process("--max-per-peer", CLIENTS + 1)
+    # Durability, not a sender's rate: --max-sends out of the way.
+    server = mailsvc_process("--max-per-peer", CLIENTS + 1, "--max-sends", 1_000_000)
     with server.connect() as c:
         cookie = cookie_of(c("REGISTER alice pw"))
 

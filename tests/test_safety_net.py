@@ -171,6 +171,9 @@ LIMITS = [
     "session-ttl",
     "flood-rate",
     "flood-burst",
+    "max-sends",
+    "send-rate",
+    "max-registrations",
 ]
 
 
@@ -187,14 +190,14 @@ def test_every_limit_refuses_zero(option, value):
     Options().parseOptions(["--" + option, "1"])
 
 
-def test_every_numeric_option_but_two_is_a_limit():
+def test_every_numeric_option_but_three_is_a_limit():
     """A new numeric option is a limit too (and joins LIMITS) unless 0 means something."""
     from mailsvc.tap import Options
 
     rows = Options().rows
     numeric = {row[0]: row[4] for row in rows if hasattr(row[4] if len(row) > 4 else None, "minimum")}
     assert {name for name, kind in numeric.items() if kind.minimum > 0} == set(LIMITS)
-    assert set(numeric) - set(LIMITS) == {"history", "shutdown-grace"}
+    assert set(numeric) - set(LIMITS) == {"history", "shutdown-grace", "min-free-disk"}
 
 
 # 5. The login lockout.

@@ -8,6 +8,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailsvc import errors
+from mailsvc.core.names import fold
 from mailsvc.interfaces import IBus, IPresence
 
 
@@ -36,17 +37,17 @@ class LocalPresence:
         self._held = {}  # nick folded to lower case -> nick
 
     def claim(self, nick):
-        key = nick.lower()
+        key = fold(nick)
         if key in self._held:
             return defer.fail(errors.NickTaken())
         self._held[key] = nick
         return defer.succeed(None)
 
     def release(self, nick):
-        self._held.pop(nick.lower(), None)
+        self._held.pop(fold(nick), None)
 
     def holds(self, nick):
-        return defer.succeed(nick.lower() in self._held)
+        return defer.succeed(fold(nick) in self._held)
 
     def who(self):
         return defer.succeed(sorted(self._held.values()))

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from mailsvc import errors
-from mailsvc.core.names import NAME
+from mailsvc.core.names import NAME, fold
 from mailsvc.core.throttle import Throttle
 
 
@@ -68,22 +68,34 @@ class PasswordChecker:
     @defer.inlineCallbacks
     def requestAvatarId(self, credentials):
         name, peer = credentials.username, credentials.peer
-        name_key = name.lower()
-        self.name_throttle.begin(name_key)
+        # Only a name an account may have is keyed on (ASCII, at most 32
+        # characters): any other fails, as an unknown name does, and counts
+        # against the address alone. Folding stays within ASCII, so that
+        # U+212A KELVIN SIGN in "\u212aate" never stands for "kate".
+        valid = isinstance(name, str) and NAME.match(name) is not None
+        name_key = fold(name) if valid else None
+        if name_key is not None:
+            self.name_throttle.begin(name_key)
         if peer is not None:
             try:
                 self.peer_throttle.begin(peer)
             except errors.TooManyFailures:
-                self.name_throttle.end(name_key, True, forgive=False)
+                if name_key is not None:
+                    self.name_throttle.end(name_key, True, forgive=False)
                 raise
         matched = None  # None: the check itself failed (storage), which counts for nothing
+        account = None
         try:
-            row = (yield self.storage.account(name)) if NAME.match(name) else None
+            row = (yield self.storage.account(name)) if valid else None
             account, password_hash = row or (None, None)
+            # An invalid or unknown name is checked against a decoy hash, so
+            # that it costs as long as a wrong password.
             matched = yield self.passwords.verify(password_hash, credentials.password)
         finally:
             counted = matched is not False
-            lockout = self.name_throttle.end(name_key, counted, forgive=bool(matched))
+            lockout = 0
+            if name_key is not None:
+                lockout = self.name_throttle.end(name_key, counted, forgive=bool(matched))
             if peer is not None:
                 # One good password says little of the other guesses made
                 # from an address: its failures stay.
@@ -93,7 +105,9 @@ class PasswordChecker:
         self.log.warn(
             "failed {what} for {who} from {peer}{locked}",
             what=credentials.purpose,
-            who=("account " + account) if account else "an unknown name",
+            who=("account " + account)
+            if account
+            else ("an unknown name" if valid else "an invalid name"),
             peer=peer or "?",
             locked="; locked out for %g s" % lockout if lockout else "",
         )

@@ -72,15 +72,17 @@ class Private(Event):
 
 
 class NewMail(Event):
-    """A message from C{sender} arrived in C{account}'s mailbox."""
+    """C{count} messages arrived in C{account}'s mailbox, the latest from
+    C{sender} with C{subject} (the room coalesces notices: L{ChatRoom})."""
 
-    __slots__ = ("account", "sender", "subject")
+    __slots__ = ("account", "sender", "subject", "count")
 
-    def __init__(self, account, sender, subject):
+    def __init__(self, account, sender, subject, count=1):
         super().__init__()
         self.account = account
         self.sender = sender
         self.subject = subject
+        self.count = count
 
 
 class History(Event):

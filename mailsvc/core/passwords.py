@@ -4,6 +4,10 @@ Password hashing with argon2id, off the reactor thread.
 A hash takes tens of milliseconds of CPU by design; run on the reactor it would
 stall every connection, so L{Passwords} runs each one in a small thread pool of
 its own (argon2-cffi releases the GIL while it works).
+
+New hashes (REGISTER, which anyone may ask for) take at most C{hash_slots} of
+the pool's threads at once, one less than the pool has: the others are always
+there for logins, however many registrations wait.
 """
 
 from argon2 import PasswordHasher
@@ -21,9 +25,10 @@ class Passwords:
         L{threaded} for the server and L{inline} for tests.
     """
 
-    def __init__(self, run, hasher=None, pool=None):
+    def __init__(self, run, hasher=None, pool=None, hash_slots=1):
         self._run = run
         self._pool = pool
+        self._hashing = defer.DeferredSemaphore(hash_slots)
         self._hasher = hasher or PasswordHasher()
         # Checked against when the user does not exist, so that a wrong name
         # costs as long as a wrong password and names cannot be probed by timing.
@@ -34,7 +39,10 @@ class Passwords:
         """Passwords hashed in a pool of C{threads} threads (see L{start})."""
         pool = ThreadPool(minthreads=0, maxthreads=threads, name="mailsvc-passwords")
         return cls(
-            lambda f, *args: deferToThreadPool(reactor, pool, f, *args), hasher, pool
+            lambda f, *args: deferToThreadPool(reactor, pool, f, *args),
+            hasher,
+            pool,
+            hash_slots=max(1, threads - 1),
         )
 
     def start(self):
@@ -52,7 +60,8 @@ class Passwords:
         return cls(defer.maybeDeferred, hasher or cheap_hasher())
 
     def hash(self, password):
-        return self._run(self._hasher.hash, password)
+        """A new hash: one of at most C{hash_slots} at once, queued past that."""
+        return self._hashing.run(self._run, self._hasher.hash, password)
 
     def verify(self, password_hash, password):
         """Fire with whether C{password} matches; C{password_hash} None is a miss."""

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from mailsvc import errors
 from mailsvc.bus.local import LocalBus, LocalPresence
+from mailsvc.core.names import fold
 from mailsvc.core.events import History, Joined, Left, NewMail, Private, Said
 
 NICK = re.compile(r"[A-Za-z0-9_-]{1,32}\Z")
@@ -42,6 +43,11 @@ class ChatRoom:
     @param bus: an L{IBus}; presence: an L{IPresence} (in-process ones by default).
     @param chat_log: a L{mailsvc.core.chatlog.ChatLog}, or None.
     @param history: how many recent messages a newcomer is shown.
+    @param clock: an L{IReactorTime}, for coalescing new-mail notices: the
+        first to a member goes at once; the others within C{mail_window}
+        seconds become one notice with their count when the window ends, so
+        mail can never flood anyone's chat (at most one notice a window).
+        None: every notice at once.
     """
 
     log = Logger()
@@ -49,7 +55,13 @@ class ChatRoom:
     # that each of the others left.
     closing = False
 
-    def __init__(self, chat_log=None, history=20, bus=None, presence=None):
+    def __init__(
+        self, chat_log=None, history=20, bus=None, presence=None, clock=None, mail_window=1.0
+    ):
+        self.clock = clock
+        self.mail_window = mail_window
+        # member folded -> _MailWindow: notices held back in the current window.
+        self._mail_windows = {}
         self._members = {}  # nick folded to lower case -> local participant
         # format -> {nick folded: participant}: a broadcast renders once per format.
         self._formats = {}
@@ -68,7 +80,7 @@ class ChatRoom:
 
     def __contains__(self, nick):
         """Whether C{nick} is a member on this node."""
-        return nick.lower() in self._members
+        return fold(nick) in self._members
 
     def who(self):
         """Fire with every nickname in the room, on every node, sorted."""
@@ -92,8 +104,8 @@ class ChatRoom:
         def claimed(_):
             participant.nick = nick
             participant.account = account
-            self._members[nick.lower()] = participant
-            self._formats.setdefault(participant.format, {})[nick.lower()] = participant
+            self._members[fold(nick)] = participant
+            self._formats.setdefault(participant.format, {})[fold(nick)] = participant
             self.bus.publish(Joined(nick, participant.peer))
             return History(list(self._history))
 
@@ -101,11 +113,11 @@ class ChatRoom:
 
     def leave(self, participant):
         nick = getattr(participant, "nick", None)
-        if nick is None or self._members.get(nick.lower()) is not participant:
+        if nick is None or self._members.get(fold(nick)) is not participant:
             return
-        del self._members[nick.lower()]
+        del self._members[fold(nick)]
         group = self._formats[participant.format]
-        del group[nick.lower()]
+        del group[fold(nick)]
         if not group:
             del self._formats[participant.format]
         self.presence.release(nick)
@@ -133,12 +145,12 @@ class ChatRoom:
     def _said(self, event):
         if self._history.maxlen:
             self._history.append(event)
-        self._broadcast(event, self._members.get(event.nick.lower()))
+        self._broadcast(event, self._members.get(fold(event.nick)))
         if self._chat_log:
             self._chat_log.said(event.nick, event.text)
 
     def _joined(self, event):
-        self._broadcast(event, self._members.get(event.nick.lower()))
+        self._broadcast(event, self._members.get(fold(event.nick)))
         if self._chat_log:
             self._chat_log.joined(event.nick, event.peer)
 
@@ -149,14 +161,51 @@ class ChatRoom:
             self._chat_log.left(event.nick)
 
     def _private(self, event):
-        recipient = self._members.get(event.recipient.lower())
+        recipient = self._members.get(fold(event.recipient))
         if recipient is not None:
             self._deliver(recipient, event)
 
     def _new_mail(self, event):
-        participant = self._members.get(event.account.lower())
-        if participant is not None and participant.account is not None:
+        key = fold(event.account)
+        participant = self._members.get(key)
+        if participant is None or participant.account is None:
+            return
+        if self.clock is None:
             self._deliver(participant, event)
+            return
+        window = self._mail_windows.get(key)
+        if window is None:
+            # The first: at once, and later ones wait for the window's end.
+            self._deliver(participant, event)
+            self._open_mail_window(key)
+        else:
+            window.count += event.count
+            window.latest = event
+
+    def _open_mail_window(self, key):
+        window = self._mail_windows[key] = _MailWindow()
+        window.call = self.clock.callLater(self.mail_window, self._mail_window_ended, key)
+
+    def _mail_window_ended(self, key):
+        window = self._mail_windows.pop(key)
+        if not window.count:
+            return
+        participant = self._members.get(key)
+        if participant is None or participant.account is None:
+            return
+        latest = window.latest
+        self._deliver(
+            participant, NewMail(latest.account, latest.sender, latest.subject, window.count)
+        )
+        # Mail still coming: one notice a window, for as long as it comes.
+        self._open_mail_window(key)
+
+    def stop(self):
+        """Cancel the notices still held back (the server is stopping)."""
+        for window in self._mail_windows.values():
+            if window.call.active():
+                window.call.cancel()
+        self._mail_windows.clear()
 
     def _broadcast(self, event, sender=None):
         # The room's hottest loop: one rendering per format, _deliver inlined.
@@ -178,3 +227,12 @@ class ChatRoom:
     def _failed(self, participant):
         self.log.failure("delivery to {nick} failed", nick=participant.nick)
         self.leave(participant)
+
+
+class _MailWindow:
+    __slots__ = ("count", "latest", "call")
+
+    def __init__(self):
+        self.count = 0
+        self.latest = None
+        self.call = None

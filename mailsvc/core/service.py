@@ -22,15 +22,19 @@ import secrets
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mailsvc import errors
 from mailsvc.core.auth import Credentials, IAccount, portal
 from mailsvc.core.events import MailboxChanged, SessionEnded
-from mailsvc.core.names import MAX_PASSWORD, NAME
+from mailsvc.core.names import MAX_PASSWORD, NAME, fold
 from mailsvc.core.room import ChatRoom, check_nick
 
 # Mailboxes whose message count is kept in memory, at most.
 COUNT_CACHE = 100_000
+
+# Seconds DUMP's summary is reused before the store is asked again.
+DUMP_INTERVAL = 1.0
 
 
 def new_cookie():
@@ -59,15 +63,36 @@ class SharedService(service.Service):
         Its bus also carries this service's cache invalidations.
     @param session_ttl: seconds a session may go unused before it expires;
         None: never.
+    @param sends: a L{TokenBuckets} keyed by sending account (folded):
+        every delivery (SEND, STORE, chat /msg, any front's) takes a token, or
+        is refused with L{errors.TooManySends}; None: no limit.
+    @param registrations: a L{TokenBuckets} keyed by address: each REGISTER
+        from one takes a token, or is refused with
+        L{errors.TooManyRegistrations}; None: no limit.
+    @param disk: a L{mailsvc.core.disk.DiskGuard} asked before every new
+        account and delivery (L{errors.DiskFull}); None: no guard.
     """
 
     log = Logger()
 
-    def __init__(self, storage, passwords, clock, room=None, session_ttl=None):
+    def __init__(
+        self,
+        storage,
+        passwords,
+        clock,
+        room=None,
+        session_ttl=None,
+        sends=None,
+        registrations=None,
+        disk=None,
+    ):
         self.storage = storage
         self.passwords = passwords
         self.clock = clock
-        self.room = room if room is not None else ChatRoom()
+        self.room = room if room is not None else ChatRoom(clock=clock)
+        self.sends = sends
+        self.registrations = registrations
+        self.disk = disk
         self.bus = self.room.bus
         self.portal = portal(storage, passwords, clock)
         self.session_ttl = session_ttl
@@ -78,6 +103,9 @@ class SharedService(service.Service):
         self._sessions = {}
         # account name folded to lower case -> messages in its mailbox.
         self._counts = {}
+        # DUMP's summary: the Deferred of the last one, and when it was asked.
+        self._dump = None
+        self._dumped_at = 0.0
         self._expiry = task.LoopingCall(self._expire_sessions)
         self._expiry.clock = clock
         self.bus.subscribe(self._invalidate)
@@ -92,21 +120,31 @@ class SharedService(service.Service):
         super().stopService()
         if self._expiry.running:
             self._expiry.stop()
+        stop_room = getattr(self.room, "stop", None)
+        if stop_room is not None:
+            stop_room()
         self.passwords.stop()
 
     def _invalidate(self, event):
         # Whatever node made the change, what was cached of it is stale.
         if type(event) is MailboxChanged:
-            self._counts.pop(event.account.lower(), None)
+            self._counts.pop(fold(event.account), None)
         elif type(event) is SessionEnded:
             self._sessions.pop(event.token_hash, None)
 
     # Accounts and sessions
 
     @defer.inlineCallbacks
-    def register(self, name, password):
+    def register(self, name, password, peer=None):
+        """Create an account and open a session for it; fire with its cookie.
+        C{peer}, the address asking, is limited by C{registrations}."""
         _check_name(name)
         _check_password(password)
+        if peer is not None and self.registrations is not None:
+            if not self.registrations.take(peer):
+                self.log.warn("registrations from {peer} refused: over the limit", peer=peer)
+                raise errors.TooManyRegistrations(self.registrations.wait(peer))
+        yield self._room_on_disk()
         password_hash = yield self.passwords.hash(password)
         name = yield self.storage.add_account(name, password_hash, self.clock.seconds())
         cookie = yield self._open_session(name)
@@ -201,20 +239,27 @@ class SharedService(service.Service):
     def stage(self, cookie, text):
         return self._as(
             cookie,
-            lambda _: self.storage.stage(_token_hash(cookie), text, self.clock.seconds()),
+            lambda _: self._room_on_disk().addCallback(
+                lambda _: self.storage.stage(_token_hash(cookie), text, self.clock.seconds())
+            ),
         )
 
     def store(self, cookie, recipient):
         """Deliver the session's most recent staged text; fire with its id."""
 
         def store(account):
-            d = self.storage.deliver_staged(
-                _token_hash(cookie), account, recipient, self.clock.seconds()
-            )
-            d.addBoth(self._mailbox_changed, recipient)
-            return d.addCallback(self._delivered, recipient, account, "")
+            d = self._may_deliver(account)
+            d.addCallback(lambda _: self._store(cookie, account, recipient))
+            return d
 
         return self._as(cookie, store)
+
+    def _store(self, cookie, account, recipient):
+        d = self.storage.deliver_staged(
+            _token_hash(cookie), account, recipient, self.clock.seconds()
+        )
+        d.addBoth(self._mailbox_changed, recipient)
+        return d.addCallback(self._delivered, recipient, account, "")
 
     # Mailboxes
 
@@ -225,10 +270,31 @@ class SharedService(service.Service):
         )
 
     def deliver(self, recipient, sender, subject, body):
-        """Put a message in a mailbox from C{sender}; fire with its id."""
-        d = self.storage.deliver(recipient, sender, subject, body, self.clock.seconds())
-        d.addBoth(self._mailbox_changed, recipient)
-        return d.addCallback(self._delivered, recipient, sender, subject)
+        """
+        Put a message in a mailbox from C{sender}; fire with its id. The
+        delivery path of every front: the sender's rate
+        (L{errors.TooManySends}) and the disk (L{errors.DiskFull}) are
+        checked here.
+        """
+        d = self._may_deliver(sender)
+
+        def deliver(_):
+            d = self.storage.deliver(recipient, sender, subject, body, self.clock.seconds())
+            d.addBoth(self._mailbox_changed, recipient)
+            return d.addCallback(self._delivered, recipient, sender, subject)
+
+        return d.addCallback(deliver)
+
+    def _may_deliver(self, sender):
+        """Fire with None if C{sender} may deliver one message now."""
+        if self.sends is not None:
+            key = fold(sender)
+            if not self.sends.take(key):
+                return defer.fail(errors.TooManySends(self.sends.wait(key)))
+        return self._room_on_disk()
+
+    def _room_on_disk(self):
+        return self.disk.check() if self.disk is not None else defer.succeed(None)
 
     def _delivered(self, message_id, recipient, sender, subject):
         self.room.new_mail(recipient, sender, subject)
@@ -244,7 +310,7 @@ class SharedService(service.Service):
         return self._as(cookie, self._count)
 
     def _count(self, account):
-        key = account.lower()
+        key = fold(account)
         cached = self._counts.get(key)
         if cached is not None:
             return defer.succeed(cached)
@@ -292,19 +358,43 @@ class SharedService(service.Service):
         ).addCallback(deleted)
 
     def dump(self):
-        """Log a summary of the stored state (never passwords or bodies)."""
+        """Log a summary of the stored state (never passwords or bodies); fire
+        with it.
 
-        def logged(summary):
-            self.log.info(
-                "DUMP: {accounts} accounts, {sessions} sessions,"
-                " {staged} staged messages ({staged_chars} characters),"
-                " {messages} messages ({message_chars} characters) in {mailboxes}"
-                " mailboxes, the largest holding {largest_mailbox}",
-                **summary,
-            )
-            return summary
+        Anyone may ask, without a login: the summary is computed (and logged)
+        at most once every L{DUMP_INTERVAL} seconds, and every DUMP meanwhile
+        is given that one (the one in progress, or the last)."""
+        now = self.clock.seconds()
+        if self._dump is None or now - self._dumped_at >= DUMP_INTERVAL:
+            self._dumped_at = now
+            self._dump = self.storage.summary().addCallbacks(self._dump_logged, self._dump_failed)
+        d = defer.Deferred()
 
-        return self.storage.summary().addCallback(logged)
+        def given(summary):
+            if summary is None:
+                d.errback(errors.StorageUnavailable())
+            else:
+                d.callback(summary)  # a Failure errbacks d
+            return summary if not isinstance(summary, Failure) else None
+
+        self._dump.addBoth(given)
+        return d
+
+    def _dump_logged(self, summary):
+        self.log.info(
+            "DUMP: {accounts} accounts, {sessions} sessions,"
+            " {staged} staged messages ({staged_chars} characters),"
+            " {messages} messages ({message_chars} bytes) in {mailboxes}"
+            " mailboxes, the largest holding {largest_mailbox}",
+            **summary,
+        )
+        return summary
+
+    def _dump_failed(self, failure):
+        # Not kept: the next DUMP asks again.
+        self._dump = None
+        failure.trap(errors.StorageUnavailable)
+        return None
 
     # The chat room
 

@@ -10,12 +10,19 @@ with C{lenient_bursts} they count only once the key has failed.
 A key whose last failure is older than C{forget_after} starts afresh, so that
 an address shared by many users is not punished for ever for old typos.
 The default C{longest} (300 s) is below C{forget_after} (900 s), so waiting
-out a lockout never resets the count. The records are in memory only, at
-most C{capacity} keys (the old and idle ones are forgotten first), so a
-flood of names cannot exhaust memory. The rules as users meet them:
+out a lockout never resets the count. The rules as users meet them:
 docs/security.md.
+
+Records are kept in the order of their last failure (or first attempt), so
+that forgetting the old ones and making room past C{capacity} take them from
+the front: O(1) amortized per attempt, never a scan of every record; at most
+C{capacity} keys, so a flood of names cannot exhaust memory.
+
+L{TokenBuckets} limits the rate of work per key (registrations per address,
+deliveries per sender).
 """
 
+import collections
 import math
 
 from mailsvc import errors
@@ -52,7 +59,8 @@ class Throttle:
         self.longest = longest
         self.forget_after = forget_after
         self.capacity = capacity
-        self._records = {}
+        # key -> _Record, oldest failure (or first attempt) first.
+        self._records = collections.OrderedDict()
 
     def begin(self, key):
         """
@@ -77,10 +85,10 @@ class Throttle:
                 # Attempts in flight count, so that a burst of guesses meets
                 # the limit as surely as guesses one by one.
                 raise errors.TooManyFailures("too many attempts at once: try again later")
-        elif len(self._records) >= self.capacity:
+        else:
             self._forget_old(now)
-        if record is None:
             record = self._records[key] = _Record()
+            record.last_failure = now
         record.checking += 1
 
     def end(self, key, succeeded, forgive=True):
@@ -102,6 +110,7 @@ class Throttle:
         now = self.clock.seconds()
         record.failures += 1
         record.last_failure = now
+        self._records.move_to_end(key)
         if record.failures < self.free:
             return 0
         lockout = min(2.0 ** (record.failures - self.free), self.longest)
@@ -113,11 +122,80 @@ class Throttle:
             del self._records[key]
 
     def _forget_old(self, now):
-        for key, record in list(self._records.items()):
-            if not record.checking and now - record.last_failure > self.forget_after:
-                del self._records[key]
-        while len(self._records) >= self.capacity:
-            del self._records[next(iter(self._records))]
+        """Drop the records whose last failure is older than forget_after,
+        from the front, and make room for one more past capacity."""
+        records = self._records
+        # Each record is looked at a bounded number of times: a record being
+        # checked goes to the back (as its end() would put it), an old one goes.
+        for _ in range(len(records)):
+            key, record = next(iter(records.items()))
+            if now - record.last_failure <= self.forget_after:
+                break
+            if record.checking:
+                records.move_to_end(key)
+            else:
+                del records[key]
+        while len(records) >= self.capacity:
+            records.popitem(last=False)
+
+
+class TokenBuckets:
+    """
+    A token bucket per key: C{rate} tokens a second, at most C{burst} held. A
+    key unseen (or unused long enough to have refilled) holds C{burst}.
+
+    Buckets are kept in the order of their last use; a full one is the same as
+    none, so they are forgotten from the front, O(1) amortized; past
+    C{capacity} keys the least recently used is forgotten (it may then take
+    C{burst} again: the bound is on memory first).
+    """
+
+    def __init__(self, clock, rate, burst, capacity=100_000):
+        self.clock = clock
+        self.rate = rate
+        self.burst = burst
+        self.capacity = capacity
+        # key -> [tokens, when they were counted], least recently used first.
+        self._buckets = collections.OrderedDict()
+
+    def take(self, key):
+        """Take one token for C{key}: True, or False (none left: nothing taken)."""
+        now = self.clock.seconds()
+        self._forget_full(now)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            tokens = self.burst
+        else:
+            tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        if tokens < 1:
+            return False
+        if bucket is None:
+            while len(self._buckets) >= self.capacity:
+                self._buckets.popitem(last=False)
+            self._buckets[key] = [tokens - 1, now]
+        else:
+            bucket[0], bucket[1] = tokens - 1, now
+            self._buckets.move_to_end(key)
+        return True
+
+    def wait(self, key):
+        """Seconds until C{key} has a token again (0: it has one now)."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return 0.0
+        tokens = bucket[0] + (self.clock.seconds() - bucket[1]) * self.rate
+        return max(0.0, (1 - tokens) / self.rate)
+
+    def _forget_full(self, now):
+        buckets = self._buckets
+        while buckets:
+            tokens, then = next(iter(buckets.values()))
+            if tokens + (now - then) * self.rate < self.burst:
+                break
+            buckets.popitem(last=False)
+
+    def __len__(self):
+        return len(self._buckets)
 
 
 def _seconds(wait):

@@ -46,7 +46,11 @@ _LINES = {
     events.Joined: lambda e: encode("* %s joined" % (e.nick,)),
     events.Left: lambda e: encode("* %s left" % (e.nick,)),
     events.Private: lambda e: encode("*%s* %s" % (e.sender, e.text)),
-    events.NewMail: lambda e: encode("* new mail from %s: %s" % (e.sender, e.subject)),
+    events.NewMail: lambda e: encode(
+        "* new mail from %s: %s" % (e.sender, e.subject)
+        if e.count == 1
+        else "* %d new mails, latest from %s: %s" % (e.count, e.sender, e.subject)
+    ),
     events.Shutdown: lambda e: encode("Server will shut down in %d seconds" % (e.seconds,)),
     events.History: lambda e: b"".join(b"[history] " + s.render(line) for s in e.events),
 }

@@ -247,7 +247,7 @@ class MailProtocol(TextLineProtocol):
 
     def do_REGISTER(self, rest):
         name, password = _credentials(rest, "REGISTER <user> <password>")
-        return self.service.register(name, password).addCallback(self._bind)
+        return self.service.register(name, password, self.peerHost).addCallback(self._bind)
 
     def do_LOGIN(self, rest):
         name, password = _credentials(rest, "LOGIN <user> <password>")

@@ -47,6 +47,8 @@ TEST_DEFAULTS = {
     "max-per-peer": 10000,
     "flood-rate": 1e6,
     "flood-burst": 100000,
+    "max-sends": 1000000,
+    "max-registrations": 1000000,
 }
 
 
