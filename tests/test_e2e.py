@@ -573,7 +573,7 @@ def test_the_default_ports_are_valid_endpoints(tmp_path):
 def test_twistd_mailsvc_help_documents_the_options(tmp_path):
     result = run([TWISTD, "mailsvc", "--help"], cwd=tmp_path)
     assert result.returncode == 0
-    for option in ("--mail-port=", "-p, --port=", "--chat-port=", "--db="):
+    for option in ("-p, --mail-port=", "--port=", "-c, --chat-port=", "--db="):
         assert option in result.stdout, option
 
 
