@@ -171,6 +171,8 @@ LIMITS = [
     "session-ttl",
     "flood-rate",
     "flood-burst",
+    "chat-log-size",
+    "chat-log-keep",
 ]
 
 
