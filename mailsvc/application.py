@@ -28,13 +28,13 @@ from twisted.internet import defer, endpoints, task, threads
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from mailsvc.core.chatlog import ChatLog
+from mailsvc.core.chatlog import ChatLog, open_log_file
 from mailsvc.core.disk import DiskGuard
-from mailsvc.core.throttle import TokenBuckets
 from mailsvc.core.events import Shutdown
 from mailsvc.core.passwords import Passwords
 from mailsvc.core.room import ChatRoom
 from mailsvc.core.service import SharedService
+from mailsvc.core.throttle import TokenBuckets
 from mailsvc.fronts.registry import OFF
 from mailsvc.store import Quotas, open_store, sqlite_path
 
@@ -164,8 +164,14 @@ def assemble(config, reactor, hasher=None, top=None):
         ),
     )
     store.setServiceParent(top)
-    open(config["chat-log"], "a").close()  # an unwritable log fails now, loudly
-    chat_log = ChatLog(config["chat-log"], reactor)
+    # An unwritable log fails now, loudly.
+    open_log_file(config["chat-log"], config["chat-log-size"], config["chat-log-keep"]).close()
+    chat_log = ChatLog(
+        config["chat-log"],
+        reactor,
+        rotate_length=config["chat-log-size"],
+        max_rotated=config["chat-log-keep"],
+    )
     chat_log.setServiceParent(top)
     shared = SharedService(
         store,

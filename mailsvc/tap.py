@@ -20,6 +20,14 @@ from mailsvc.options import (
 GENERAL = [
     ["db", "d", "mailsvc.sqlite", "SQLite database file (created if missing)."],
     ["chat-log", None, "chat.log", "File that records chat joins, messages, leaves."],
+    [
+        "chat-log-size",
+        None,
+        10 * 1024 * 1024,
+        "Bytes the chat log may reach before it is rotated (to <chat-log>.1).",
+        positive_int,
+    ],
+    ["chat-log-keep", None, 10, "Rotated chat logs kept (<chat-log>.1 ...).", positive_int],
     ["history", None, 20, "Recent chat messages shown to a newcomer (0: none).", non_negative_int],
     [
         "shutdown-grace",
@@ -129,9 +137,25 @@ class _Process(OneByOne):
             raise SystemExit("mailsvc: %s" % (e,))
 
 
+# The files mailsvc creates hold password hashes, mail and chat: its own only.
+UMASK = 0o077
+
+
+def _set_umask(config):
+    """
+    Make the files of this process its owner's only, unless twistd was given
+    C{--umask}: set now, before twistd opens its log file (it does so right
+    after makeService; its own umask, for a daemon, comes only later).
+    """
+    parent = getattr(config, "parent", None)
+    chosen = parent.get("umask") if parent is not None else None
+    os.umask(UMASK if chosen is None else chosen)
+
+
 def makeService(config, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
+    _set_umask(config)
     assembly = assemble(config, reactor, top=_Process())
     assembly.listening.addErrback(lambda failure: None)  # said by SystemExit
     return assembly.top

@@ -174,6 +174,8 @@ LIMITS = [
     "max-sends",
     "send-rate",
     "max-registrations",
+    "chat-log-size",
+    "chat-log-keep",
 ]
 
 

@@ -258,6 +258,12 @@ def connect(path, create=True):
         building = path + ".new"
         if os.path.exists(building):
             os.remove(building)
+        # Its owner's only, whatever the umask: created before SQLite opens
+        # it, which gives the -wal and -shm files the same mode.
+        try:
+            os.close(os.open(building, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as e:
+            raise sqlite3.OperationalError("unable to open database file %s: %s" % (path, e))
         connection = _open(building)
         connection.close()
         os.replace(building, path)
