@@ -1,4 +1,4 @@
-"""What account names, passwords and cookies look like."""
+"""What account names, passwords, cookies and subjects look like."""
 
 import re
 
@@ -9,3 +9,6 @@ NAME = re.compile(r"[A-Za-z0-9]{1,32}\Z")
 COOKIE = re.compile(r"[A-Za-z0-9_-]{43}\Z")
 
 MAX_PASSWORD = 1024
+
+# The longest subject, in characters: RFC 5322's bound on a header line.
+MAX_SUBJECT = 998
