@@ -250,7 +250,10 @@ class TextLineProtocol(LineReceiver, TimeoutMixin):
         """
         Send each of C{lines} (text), each ending in CRLF, at the end of the
         reactor turn with whatever else this connection is sent in it.
+        Nothing, once the connection is lost (a late reply).
         """
+        if self._connectionLost:
+            return
         self.factory.writes.write(self, b"".join(line.encode("utf-8") + CRLF for line in lines))
 
     def idleTimeout(self):
