@@ -162,3 +162,38 @@ async def test_summary_counts_without_secrets(store):
         "messages", "message_chars", "mailboxes", "largest_mailbox",
     }  # fmt: skip
     assert "secret-hash" not in repr(summary)
+
+
+@pytest_twisted.ensureDeferred
+async def test_headers_a_page_at_a_time(store):
+    alice, bob = fresh(), fresh()
+    for name in (alice, bob):
+        await within(store.add_account(name, "hash", 1.0))
+    assert await within(store.extent(alice)) == (0, None)
+    ids = []
+    for i in range(7):
+        sender = "Carol" if i % 3 == 0 else bob
+        ids.append(await within(store.deliver(alice, sender, "s%d" % i, "body", float(i))))
+    await within(store.deliver(bob, alice, "not alice's", "body", 1.0))
+    assert await within(store.extent(alice)) == (7, ids[-1])
+    assert await within(store.extent(alice.upper(), "carol")) == (3, ids[6])
+    # The old call still gives all of them.
+    assert [m.id for m in await within(store.headers(alice))] == ids
+    pages, after = [], None
+    while True:
+        page = await within(store.headers(alice, after=after, limit=3))
+        if not page:
+            break
+        pages.append([m.id for m in page])
+        after = page[-1].id
+    assert pages == [ids[0:3], ids[3:6], ids[6:7]]
+    assert [m.subject for m in await within(store.headers(alice, after=ids[1], limit=2))] == [
+        "s2",
+        "s3",
+    ]
+    assert [m.id for m in await within(store.headers(alice, "CAROL", after=ids[0]))] == [
+        ids[3],
+        ids[6],
+    ]
+    assert await within(store.headers(alice, after=ids[-1])) == []
+    assert all(m.body == "" for m in await within(store.headers(alice, limit=2)))
