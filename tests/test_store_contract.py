@@ -175,7 +175,7 @@ async def test_headers_a_page_at_a_time(store):
         ids.append(await within(store.deliver(alice, sender, "s%d" % i, "b", float(i))))
     await within(store.deliver(bob, alice, "not alice's", "b", 1.0))
     assert await within(store.extent(alice)) == (3, ids[-1])
-    assert await within(store.extent(alice.upper(), "CAROL")) == (2, ids[2])
+    assert await within(store.extent(alice, "CAROL")) == (2, ids[2])
     assert await within(store.extent(alice, "dave")) == (0, None)
     # The old call still gives all of them.
     assert [m.id for m in await within(store.headers(alice))] == ids
