@@ -76,6 +76,16 @@ class TooLarge(MailsvcError):
     reason = "message too large"
 
 
+class SubjectTooLong(MailsvcError):
+    """@ivar limit: the longest subject, in characters."""
+
+    reason = "subject too long"
+
+    def __init__(self, limit):
+        self.limit = limit
+        super().__init__("subject too long: at most %d characters" % (limit,))
+
+
 class MailboxFull(MailsvcError):
     reason = "mailbox is full"
 

@@ -53,8 +53,20 @@ class IMailStorage(Interface):
     def count(account):
         """Fire with the number of messages in a mailbox."""
 
-    def headers(account, sender=None):
-        """Fire with a mailbox's L{mailsvc.store.Message}s, oldest first, without bodies."""
+    def extent(account, sender=None):
+        """
+        Fire with C{(how many, newest id or None)} of a mailbox's messages
+        (only those from C{sender}, compared without case, if given), read
+        together: what a paged listing (L{headers}) announces and where it ends.
+        """
+
+    def headers(account, sender=None, after=None, limit=None):
+        """
+        Fire with a mailbox's L{mailsvc.store.Message}s, oldest first, without
+        bodies: only those from C{sender} (without case) if given, only those
+        with an id above C{after} if given, at most C{limit} if given. A
+        listing reads a page at a time: C{after} the last id of the page before.
+        """
 
     def message(account, message_id=None):
         """

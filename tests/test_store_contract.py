@@ -162,3 +162,34 @@ async def test_summary_counts_without_secrets(store):
         "messages", "message_chars", "mailboxes", "largest_mailbox",
     }  # fmt: skip
     assert "secret-hash" not in repr(summary)
+
+
+@pytest_twisted.ensureDeferred
+async def test_headers_a_page_at_a_time(store):
+    alice, bob = fresh(), fresh()
+    for name in (alice, bob):
+        await within(store.add_account(name, "hash", 1.0))
+    assert await within(store.extent(alice)) == (0, None)
+    ids = []
+    for i, sender in enumerate(["Carol", bob, "carol"]):  # QUOTAS: 3 messages a mailbox
+        ids.append(await within(store.deliver(alice, sender, "s%d" % i, "b", float(i))))
+    await within(store.deliver(bob, alice, "not alice's", "b", 1.0))
+    assert await within(store.extent(alice)) == (3, ids[-1])
+    assert await within(store.extent(alice, "CAROL")) == (2, ids[2])
+    assert await within(store.extent(alice, "dave")) == (0, None)
+    # The old call still gives all of them.
+    assert [m.id for m in await within(store.headers(alice))] == ids
+    pages, after = [], None
+    while True:
+        page = await within(store.headers(alice, after=after, limit=2))
+        if not page:
+            break
+        pages.append([m.id for m in page])
+        after = page[-1].id
+    assert pages == [ids[0:2], ids[2:3]]
+    [second] = await within(store.headers(alice, after=ids[0], limit=1))
+    assert (second.id, second.sender, second.date, second.subject, second.body) == (
+        ids[1], bob, 1.0, "s1", "",
+    )  # fmt: skip
+    assert [m.id for m in await within(store.headers(alice, "CAROL", after=ids[0]))] == [ids[2]]
+    assert await within(store.headers(alice, after=ids[-1])) == []

@@ -1,4 +1,4 @@
-"""What account names, passwords and cookies look like."""
+"""What account names, passwords, cookies and subjects look like."""
 
 import re
 
@@ -20,3 +20,5 @@ def fold(name):
     """C{name} with its ASCII letters in lower case: the key of a name or
     nickname wherever case must not matter. Never folds beyond ASCII."""
     return name.translate(_ASCII_LOWER)
+# The longest subject, in characters: RFC 5322's bound on a header line.
+MAX_SUBJECT = 998

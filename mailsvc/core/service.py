@@ -27,11 +27,13 @@ from twisted.python.failure import Failure
 from mailsvc import errors
 from mailsvc.core.auth import Credentials, IAccount, portal
 from mailsvc.core.events import MailboxChanged, SessionEnded
-from mailsvc.core.names import MAX_PASSWORD, NAME, fold
+from mailsvc.core.names import MAX_PASSWORD, MAX_SUBJECT, NAME, fold
 from mailsvc.core.room import ChatRoom, check_nick
 
 # Mailboxes whose message count is kept in memory, at most.
 COUNT_CACHE = 100_000
+# Headers a listing reads from storage at a time.
+LIST_PAGE = 200
 
 # Seconds DUMP's summary is reused before the store is asked again.
 DUMP_INTERVAL = 1.0
@@ -272,10 +274,13 @@ class SharedService(service.Service):
     def deliver(self, recipient, sender, subject, body):
         """
         Put a message in a mailbox from C{sender}; fire with its id. The
-        delivery path of every front: the sender's rate
-        (L{errors.TooManySends}) and the disk (L{errors.DiskFull}) are
-        checked here.
+        delivery path of every front: the subject's length
+        (L{errors.SubjectTooLong} past L{MAX_SUBJECT} characters), the
+        sender's rate (L{errors.TooManySends}) and the disk
+        (L{errors.DiskFull}) are checked here.
         """
+        if len(subject) > MAX_SUBJECT:
+            return defer.fail(errors.SubjectTooLong(MAX_SUBJECT))
         d = self._may_deliver(sender)
 
         def deliver(_):
@@ -327,7 +332,25 @@ class SharedService(service.Service):
         return self.storage.count(account).addCallback(counted)
 
     def list(self, cookie, sender=None):
+        """Fire with every header of the mailbox at once (a small mailbox;
+        a front streams a L{listing} instead)."""
         return self._as(cookie, self.storage.headers, sender)
+
+    def listing(self, cookie, sender=None, page_size=LIST_PAGE):
+        """
+        Fire with a L{Listing} of the session's mailbox (only the messages
+        from C{sender} if given): its C{count}, then its headers a page at a
+        time, so that no mailbox is ever held in memory whole.
+        """
+
+        def counted(extent, account):
+            count, newest = extent
+            return Listing(self.storage, account, sender, count, newest, page_size)
+
+        return self._as(
+            cookie,
+            lambda account: self.storage.extent(account, sender).addCallback(counted, account),
+        )
 
     def read(self, cookie, message_id=None):
         """Fire with message C{message_id}, or the oldest."""
@@ -455,6 +478,47 @@ class SharedService(service.Service):
             raise errors.NoSuchNick(nick)
 
         return self.room.presence.holds(nick).addCallback(here)
+
+
+class Listing:
+    """
+    A mailbox's headers, read a page at a time.
+
+    C{count} is how many messages there were when the listing began; the pages
+    hold those messages only, never one delivered since (ids only grow). A
+    message deleted before its page is read is left out, so the pages may hold
+    fewer than C{count}; never more.
+    """
+
+    def __init__(self, storage, account, sender, count, newest, page_size):
+        self.count = count
+        self._storage = storage
+        self._account = account
+        self._sender = sender
+        self._page_size = page_size
+        self._after = None
+        # Ids only grow: the messages listed are those up to this one.
+        self._newest = newest
+        self.done = newest is None
+
+    def next_page(self):
+        """Fire with the next page of L{mailsvc.store.Message}s; C{[]} once done."""
+        if self.done:
+            return defer.succeed([])
+        d = self._storage.headers(
+            self._account, self._sender, after=self._after, limit=self._page_size
+        )
+        return d.addCallback(self._read)
+
+    def _read(self, page):
+        if len(page) < self._page_size:
+            self.done = True
+        if page:
+            self._after = page[-1].id
+        if page and page[-1].id >= self._newest:
+            self.done = True
+            page = [m for m in page if m.id <= self._newest]
+        return page
 
 
 class _Session:

@@ -94,6 +94,9 @@ class TextLineProtocol(LineReceiver, TimeoutMixin):
     _discarding = False
     _overflow = None
 
+    # Replaced in connectionMade; a protocol never connected has nothing to detach.
+    output = None
+
     def connectionMade(self):
         self.peerHost = getattr(self.transport.getPeer(), "host", None)
         self.output = OutputBuffer(self)
@@ -164,6 +167,15 @@ class TextLineProtocol(LineReceiver, TimeoutMixin):
             self.factory.release(self)
         if self._abortLater is not None and self._abortLater.active():
             self._abortLater.cancel()
+        self._abortLater = None
+        # Nothing of a closed connection may outlive it: the input not read
+        # yet goes now, and the output buffer lets go of the protocol (they
+        # referred to each other, a cycle only a full collection would free,
+        # keeping whatever the protocol held: a half-received body, say).
+        discard_unread(self)
+        self._holds.clear()
+        if self.output is not None:
+            self.output.detach()
         super().connectionLost(reason)
         waiting, self._whenClosed = self._whenClosed, []
         for d in waiting:
@@ -248,7 +260,10 @@ class TextLineProtocol(LineReceiver, TimeoutMixin):
         """
         Send each of C{lines} (text), each ending in CRLF, at the end of the
         reactor turn with whatever else this connection is sent in it.
+        Nothing, once the connection is lost (a late reply).
         """
+        if self._connectionLost:
+            return
         self.factory.writes.write(self, b"".join(line.encode("utf-8") + CRLF for line in lines))
 
     def idleTimeout(self):
@@ -289,24 +304,54 @@ class OutputBuffer:
     Registered with the transport, which calls pauseProducing when its write
     buffer passes its high-water mark and resumeProducing once it has drained.
     C{backlog} counts what was written in between.
+
+    A reply that is written piece by piece (a long C{LIST}) asks
+    L{whenWritable} after each piece and waits while the buffer is full.
     """
 
     def __init__(self, protocol):
         self._protocol = protocol
+        self._waiting = []
         self.full = False
         self.backlog = 0
 
     def pauseProducing(self):
         self.full = True
-        self._protocol.hold("output")
+        if self._protocol is not None:
+            self._protocol.hold("output")
 
     def resumeProducing(self):
         self.full = False
         self.backlog = 0
-        self._protocol.release("output")
+        if self._protocol is not None:
+            self._protocol.release("output")
+        self._wake()
 
     def stopProducing(self):
-        pass
+        # The connection is gone: nobody need wait for room in it.
+        self._wake()
+
+    def whenWritable(self):
+        """
+        A Deferred that fires (with None) once the transport takes more
+        output: at once unless it is full; when it drains, or the connection
+        is lost, otherwise.
+        """
+        if not self.full or self._protocol is None:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    def detach(self):
+        """The connection was lost: let go of the protocol, wake any waiter."""
+        self._protocol = None
+        self._wake()
+
+    def _wake(self):
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
 
 
 class TextLineFactory(protocol.Factory):

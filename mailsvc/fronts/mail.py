@@ -17,11 +17,13 @@ import hashlib
 import re
 import time
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailsvc import errors
-from mailsvc.core.names import COOKIE
+from mailsvc.core.names import COOKIE, MAX_SUBJECT
 from mailsvc.fronts import reason_for
 from mailsvc.fronts.lines import (
     TextLineFactory,
@@ -87,6 +89,11 @@ def message_lines(message):
     ] + message.body.split("\n")
 
 
+def header_line(message):
+    """A message's line in a C{LIST} reply."""
+    return "%d %s %s %s" % (message.id, message.sender, format_date(message.date), message.subject)
+
+
 def _message_id(word, syntax):
     if not word.isdigit() or not word.isascii():
         raise Usage(syntax)
@@ -98,26 +105,41 @@ def _message_id(word, syntax):
 
 
 class _Body:
-    """A SEND whose body is still arriving."""
+    """
+    A SEND whose body is still arriving: counted line by line, kept (when
+    C{keep}) as one growing UTF-8 buffer, never as a string per line: a body
+    of 2-byte lines costs its size, not 24 times it. A body that cannot be
+    delivered whatever it holds (no session to send it from, a bad request
+    line) is only counted, so a stranger's body costs nothing to hold.
+    """
 
-    def __init__(self, request, max_size):
+    __slots__ = ("request", "size", "max_size", "error", "_kept")
+
+    def __init__(self, request, max_size, keep=True):
         self.request = request
-        self.lines = []
         self.size = 0
         self.max_size = max_size
         self.error = None
+        self._kept = bytearray() if keep else None
 
     def add(self, line):
-        self.size += len(line.encode("utf-8")) + 1
+        data = line.encode("utf-8")
+        self.size += len(data) + 1
         if self.size > self.max_size:
             self.fail(errors.TooLarge("message too large: at most %d bytes" % self.max_size))
-        elif self.error is None:
-            self.lines.append(line)
+        elif self._kept is not None:
+            if self.size > len(data) + 1:
+                self._kept += b"\n"
+            self._kept += data
 
     def fail(self, error):
         if self.error is None:
             self.error = error
-            self.lines = []
+            self._kept = None
+
+    def text(self):
+        """The body's lines joined by LF ("" if it was not kept)."""
+        return "" if self._kept is None else self._kept.decode("utf-8")
 
 
 @implementer(IHalfCloseableProtocol)
@@ -175,6 +197,11 @@ class MailProtocol(TextLineProtocol):
             self.log.failure("request failed", failure)
             self.sendText("KO internal error")
 
+    def connectionLost(self, reason):
+        # A body still arriving dies with its connection.
+        self._body = None
+        super().connectionLost(reason)
+
     # Half-close: netcat at the end of its input still gets every reply.
 
     def readConnectionLost(self):
@@ -220,8 +247,11 @@ class MailProtocol(TextLineProtocol):
         rest = rest.strip()
         if verb == "SEND":
             # The body follows whatever we think of this line: read it all,
-            # so that no body line is ever run as a command.
-            self._body = _Body(rest, self.factory.max_body)
+            # so that no body line is ever run as a command. Keep it only if
+            # it may be delivered: without a session (none on the connection,
+            # none ending the line) it is refused at its end, so it is only
+            # counted until then.
+            self._body = _Body(rest, self.factory.max_body, keep=self._deliverable(rest))
             if not intact:
                 self._body.fail(errors.MailsvcError("checksum mismatch"))
             return None
@@ -315,14 +345,40 @@ class MailProtocol(TextLineProtocol):
             sender = words[1]
         else:
             raise Usage("LIST [FROM <sender>]")
+        return self.service.listing(cookie, sender).addCallback(self._stream)
 
-        def listed(messages):
-            return ["OK %d messages" % (len(messages),)] + [
-                "%d %s %s %s" % (m.id, m.sender, format_date(m.date), m.subject)
-                for m in messages
-            ]
-
-        return self.service.list(cookie, sender).addCallback(listed)
+    @defer.inlineCallbacks
+    def _stream(self, listing):
+        """
+        Send a listing as storage yields it, a page at a time; after each
+        page, while the connection's output is full (a client that does not
+        read), wait before reading the next. The connection stays held until
+        the final "." is queued, so the replies after it keep their order.
+        """
+        self.sendText("OK %d messages" % (listing.count,))
+        try:
+            while not self._connectionLost:
+                page = yield listing.next_page()
+                if not page or self._connectionLost:
+                    break
+                self.sendText(*(header_line(m) for m in page))
+                # Into the transport now, so that it says whether it is full.
+                self.factory.writes.flush(self)
+                yield self.output.whenWritable()
+        except Exception:
+            # Part of the reply is out: it cannot end in a KO. Cut it short.
+            failure = Failure()
+            if failure.check(errors.MailsvcError):
+                self.log.warn(
+                    "LIST to {peer} cut short: {reason}", peer=self.peerHost, reason=failure.value
+                )
+            else:
+                self.log.failure("LIST to {peer} failed", failure, peer=self.peerHost)
+            self.close()
+            return None
+        if not self._connectionLost:
+            self.sendText(".")
+        return None
 
     def do_READ(self, rest):
         rest, cookie = self._session(rest)
@@ -364,11 +420,19 @@ class MailProtocol(TextLineProtocol):
         self._body = None
         self.respond(self._send, body)
 
+    def _deliverable(self, request):
+        """Whether a SEND line could lead to a delivery, whatever its body."""
+        try:
+            recipient, subject, cookie = self._sendHeader(request)
+        except errors.MailsvcError:
+            return False
+        return cookie is not None and len(subject) <= MAX_SUBJECT
+
     def _send(self, body):
         if body.error is not None:
             raise body.error
         recipient, subject, cookie = self._sendHeader(body.request)
-        d = self.service.send(cookie, recipient, subject, "\n".join(body.lines))
+        d = self.service.send(cookie, recipient, subject, body.text())
         return d.addCallback(lambda message_id: "OK %d" % (message_id,))
 
     def _sendHeader(self, request):

@@ -387,8 +387,11 @@ class SQLiteStorage(service.Service):
     def count(self, account):
         return self._executor.submit(_count, account)
 
-    def headers(self, account, sender=None):
-        return self._executor.submit(_headers, account, sender)
+    def extent(self, account, sender=None):
+        return self._executor.submit(_extent, account, sender)
+
+    def headers(self, account, sender=None, after=None, limit=None):
+        return self._executor.submit(_headers, account, sender, after, limit)
 
     def message(self, account, message_id=None):
         return self._executor.submit(_message, account, message_id)
@@ -534,15 +537,34 @@ def _count(db, account):
     return row[0] if row else 0
 
 
-@_reading
-def _headers(db, account, sender):
-    query = "SELECT id, sender, created, subject FROM messages WHERE recipient = ?"
+def _mailbox_query(columns, account, sender, after=None):
+    query = "SELECT " + columns + " FROM messages WHERE recipient = ?"
     parameters = [account]
     if sender is not None:
         query += " AND sender = ? COLLATE NOCASE"
         parameters.append(sender)
-    rows = db.execute(query + " ORDER BY id", parameters)
-    return [Message(*row) for row in rows]
+    if after is not None:
+        query += " AND id > ?"
+        parameters.append(after)
+    return query, parameters
+
+
+@_reading
+def _extent(db, account, sender):
+    # Over the (recipient, id) index; with a sender, each of the mailbox's rows.
+    query, parameters = _mailbox_query("count(*), max(id)", account, sender)
+    count, newest = db.execute(query, parameters).fetchone()
+    return count, newest
+
+
+@_reading
+def _headers(db, account, sender, after=None, limit=None):
+    query, parameters = _mailbox_query("id, sender, created, subject", account, sender, after)
+    query += " ORDER BY id"
+    if limit is not None:
+        query += " LIMIT ?"
+        parameters.append(limit)
+    return [Message(*row) for row in db.execute(query, parameters)]
 
 
 @_reading
