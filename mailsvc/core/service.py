@@ -17,6 +17,7 @@ from mailsvc import errors
 from mailsvc.core.auth import Credentials, IAccount, portal
 from mailsvc.core.events import MailboxChanged, SessionEnded
 from mailsvc.core.names import MAX_PASSWORD, NAME
+from mailsvc.core.rfc5322 import summarize
 from mailsvc.core.room import ChatRoom, check_nick
 
 # Mailboxes whose message count is kept in memory, at most.
@@ -219,6 +220,46 @@ class SharedService(service.Service):
         d = self.storage.deliver(recipient, sender, subject, body, self.clock.seconds())
         d.addBoth(self._mailbox_changed, recipient)
         return d.addCallback(self._delivered, recipient, sender, subject)
+
+    def submit(self, sender, recipients, raw):
+        """
+        Put the RFC 5322 message C{raw} (bytes) from account C{sender} in each
+        of C{recipients}' mailboxes, all or none; fire with the new ids once
+        committed. L{errors.UnknownUser}, L{errors.MailboxFull}.
+        """
+        subject, text = summarize(raw)
+        d = self.storage.deliver_all(
+            recipients, sender, subject, text, self.clock.seconds(), raw
+        )
+        for recipient in recipients:
+            d.addBoth(self._mailbox_changed, recipient)
+
+        def delivered(ids):
+            for recipient in recipients:
+                self.room.new_mail(recipient, sender, subject)
+            return ids
+
+        return d.addCallback(delivered)
+
+    def account_name(self, name):
+        """Fire with the account's own spelling of C{name}, or None."""
+        if not NAME.match(name):
+            return defer.succeed(None)
+        d = self.storage.account(name)
+        return d.addCallback(lambda row: row[0] if row else None)
+
+    def mailbox(self, account):
+        """Fire with every message of C{account}'s mailbox, oldest first, whole."""
+        return self.storage.messages(account)
+
+    def message(self, account, message_id):
+        """Fire with one message of C{account}'s. L{errors.NoSuchMessage}."""
+        return self.storage.message(account, message_id)
+
+    def expunge(self, account, message_ids):
+        """Delete those of C{message_ids} still there; fire with how many."""
+        d = self.storage.delete_ids(account, message_ids)
+        return d.addBoth(self._mailbox_changed, account)
 
     def _delivered(self, message_id, recipient, sender, subject):
         self.room.new_mail(recipient, sender, subject)
