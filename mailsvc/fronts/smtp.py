@@ -111,17 +111,24 @@ class _Submission:
                 self.sender, self.recipients, raw
             )
             self.delivering.addBoth(self._fire)
+        if self.result is not None:
+            return defer.fail(self.result) if isinstance(self.result, defer.Failure) \
+                else defer.succeed(self.result)
         d = defer.Deferred()
         self.waiting.append(d)
         return d
 
+    result = None
+
     def _fire(self, result):
+        self.result = result
         waiting, self.waiting = self.waiting, []
         for d in waiting:
             if isinstance(result, defer.Failure):
                 d.errback(result)
             else:
                 d.callback(result)
+        return None if isinstance(result, defer.Failure) else result
 
 
 @implementer(smtp.IMessage)
@@ -323,7 +330,7 @@ class SMTPProtocol(Lines, smtp.ESMTP):
         return origin
 
     def validateTo(self, user):
-        domain = user.dest.domain.decode("idna", "replace").lower() if user.dest.domain else ""
+        domain = (user.dest.domain or b"").decode("ascii", "replace").lower()
         if domain != self.factory.domain:
             raise smtp.SMTPServerError(550, "5.7.1 relaying denied: only @%s" % (self.factory.domain,))
         try:
