@@ -75,7 +75,7 @@ async def test_the_testing_kit_serves_a_registered_front(echo_who):
 async def test_a_front_turned_off_is_not_served():
     server = await within(start_server(chat_port="none"))
     try:
-        assert set(server.ports) == {"mail"}
+        assert set(server.ports) == {"mail", "smtp", "pop3"}
     finally:
         await within(server.stop())
 
