@@ -44,11 +44,27 @@ class IMailStorage(Interface):
         L{errors.UnknownUser} (the text stays staged).
         """
 
-    def deliver(recipient, sender, subject, body, now):
+    def deliver(recipient, sender, subject, body, now, raw=None):
         """
         Put a message in a mailbox; fire with its id (ids are never reused).
-        L{errors.UnknownUser}, L{errors.MailboxFull}.
+        C{raw}: the message's RFC 5322 source (bytes), kept as it is, when it
+        has one; C{subject} and C{body} are then what the mail port shows of
+        it. L{errors.UnknownUser}, L{errors.MailboxFull}.
         """
+
+    def deliver_all(recipients, sender, subject, body, now, raw=None):
+        """
+        Put one message in each of several mailboxes, all or none; fire with
+        the new ids, in the order of C{recipients}. L{errors.UnknownUser},
+        L{errors.MailboxFull} (then no mailbox has it).
+        """
+
+    def messages(account):
+        """Fire with a mailbox's L{mailsvc.store.Message}s, oldest first, with
+        their bodies and sources."""
+
+    def delete_ids(account, message_ids):
+        """Delete those of C{message_ids} still in the mailbox; fire with how many."""
 
     def count(account):
         """Fire with the number of messages in a mailbox."""

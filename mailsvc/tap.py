@@ -66,6 +66,9 @@ GENERAL = [
         " deliveries are refused (0: no guard).",
         non_negative_int,
     ],
+    ["mail-domain", None, "localhost", "The domain of every account's address (SMTP, POP3)."],
+    ["tls-cert", None, None, "PEM certificate for STARTTLS (SMTP) and STLS (POP3)."],
+    ["tls-key", None, None, "PEM private key of --tls-cert."],
 ]
 
 
@@ -123,6 +126,14 @@ class Options(usage.Options):
         if ":" not in self["db"]:  # a path, not a URL
             self["db"] = os.path.abspath(self["db"])
         self["chat-log"] = os.path.abspath(self["chat-log"])
+        if bool(self["tls-cert"]) != bool(self["tls-key"]):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+        for name in ("tls-cert", "tls-key"):
+            if self[name]:
+                self[name] = os.path.abspath(self[name])
+                if not os.access(self[name], os.R_OK):
+                    raise usage.UsageError("--%s: cannot read %s" % (name, self[name]))
+        self["mail-domain"] = self["mail-domain"].lower()
         check_bounds(self, self.rows)
 
 

@@ -168,6 +168,8 @@ LIMITS = [
     "idle-timeout",
     "nick-timeout",
     "chat-idle-timeout",
+    "smtp-idle-timeout",
+    "pop3-idle-timeout",
     "session-ttl",
     "flood-rate",
     "flood-burst",

@@ -151,6 +151,48 @@ async def test_quotas(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_message_keeps_its_source(store):
+    alice, bob = fresh(), fresh()
+    for name in (alice, bob):
+        await within(store.add_account(name, "hash", 1.0))
+    raw = b"Subject: hi\r\n\r\nbody \xff bytes\r\n"
+    [one] = await within(store.deliver_all([alice], bob, "hi", "body", 2.0, raw))
+    plain = await within(store.deliver(alice, bob, "plain", "text", 3.0))
+    assert (await within(store.message(alice, one))).raw == raw
+    assert (await within(store.message(alice, plain))).raw is None
+    whole = await within(store.messages(alice))
+    assert [(m.id, m.subject, m.body, m.raw) for m in whole] == [
+        (one, "hi", "body", raw),
+        (plain, "plain", "text", None),
+    ]
+    # Deleting by ids skips those already gone, and touches only that mailbox.
+    assert await within(store.delete_ids(bob, [one])) == 0
+    assert await within(store.delete_ids(alice, [one, one + 10**6])) == 1
+    assert [m.id for m in await within(store.messages(alice))] == [plain]
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_message_to_several_mailboxes_is_all_or_none(store):
+    alice, bob, full = fresh(), fresh(), fresh()
+    for name in (alice, bob, full):
+        await within(store.add_account(name, "hash", 1.0))
+    for i in range(3):
+        await within(store.deliver(full, "x", "s", "b", 1.0))
+    raw = b"Subject: s\r\n\r\nb\r\n"
+    with pytest.raises(errors.MailboxFull):
+        await within(store.deliver_all([alice, full], bob, "s", "b", 2.0, raw))
+    with pytest.raises(errors.UnknownUser):
+        await within(store.deliver_all([alice, fresh()], bob, "s", "b", 2.0, raw))
+    assert await within(store.count(alice)) == 0
+    ids = await within(store.deliver_all([alice, bob.upper()], bob, "s", "b", 2.0, raw))
+    assert len(set(ids)) == 2
+    assert await within(store.count(alice)) == await within(store.count(bob)) == 1
+    # The source counts for the byte quota.
+    with pytest.raises(errors.MailboxFull):
+        await within(store.deliver_all([alice], bob, "", "", 3.0, b"x" * 101))
+
+
+@pytest_twisted.ensureDeferred
 async def test_summary_counts_without_secrets(store):
     name = fresh()
     await within(store.add_account(name, "secret-hash", 1.0))

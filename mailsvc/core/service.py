@@ -28,6 +28,7 @@ from mailsvc import errors
 from mailsvc.core.auth import Credentials, IAccount, portal
 from mailsvc.core.events import MailboxChanged, SessionEnded
 from mailsvc.core.names import MAX_PASSWORD, MAX_SUBJECT, NAME, fold
+from mailsvc.core.rfc5322 import summarize
 from mailsvc.core.room import ChatRoom, check_nick
 
 # Mailboxes whose message count is kept in memory, at most.
@@ -300,6 +301,54 @@ class SharedService(service.Service):
 
     def _room_on_disk(self):
         return self.disk.check() if self.disk is not None else defer.succeed(None)
+
+    def submit(self, sender, recipients, raw):
+        """
+        Put the RFC 5322 message C{raw} (bytes) from account C{sender} in each
+        of C{recipients}' mailboxes, all or none; fire with the new ids once
+        committed. L{errors.UnknownUser}, L{errors.MailboxFull}, and the
+        checks of every delivery (L{errors.TooManySends}, L{errors.DiskFull}).
+        """
+        subject, text = summarize(raw)
+        # The source keeps the whole subject; what LIST and READ show is bounded.
+        subject = subject[:MAX_SUBJECT]
+
+        def deliver(_):
+            d = self.storage.deliver_all(
+                recipients, sender, subject, text, self.clock.seconds(), raw
+            )
+            for recipient in recipients:
+                d.addBoth(self._mailbox_changed, recipient)
+            return d
+
+        d = self._may_deliver(sender).addCallback(deliver)
+
+        def delivered(ids):
+            for recipient in recipients:
+                self.room.new_mail(recipient, sender, subject)
+            return ids
+
+        return d.addCallback(delivered)
+
+    def account_name(self, name):
+        """Fire with the account's own spelling of C{name}, or None."""
+        if not NAME.match(name):
+            return defer.succeed(None)
+        d = self.storage.account(name)
+        return d.addCallback(lambda row: row[0] if row else None)
+
+    def mailbox(self, account):
+        """Fire with every message of C{account}'s mailbox, oldest first, whole."""
+        return self.storage.messages(account)
+
+    def message(self, account, message_id):
+        """Fire with one message of C{account}'s. L{errors.NoSuchMessage}."""
+        return self.storage.message(account, message_id)
+
+    def expunge(self, account, message_ids):
+        """Delete those of C{message_ids} still there; fire with how many."""
+        d = self.storage.delete_ids(account, message_ids)
+        return d.addBoth(self._mailbox_changed, account)
 
     def _delivered(self, message_id, recipient, sender, subject):
         self.room.new_mail(recipient, sender, subject)

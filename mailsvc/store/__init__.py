@@ -23,6 +23,10 @@ class Message:
     date: float
     subject: str
     body: str = ""
+    # The RFC 5322 source of a message that arrived by SMTP (bytes, lines
+    # ending in CRLF), or None for one sent on the mail port or the chat:
+    # then subject and body are all there is (see mailsvc.core.rfc5322).
+    raw: bytes = None
 
 
 def sqlite_path(url):

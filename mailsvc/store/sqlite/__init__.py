@@ -379,10 +379,21 @@ class SQLiteStorage(service.Service):
             _deliver_staged, token_hash, sender, recipient, now, self._quotas
         )
 
-    def deliver(self, recipient, sender, subject, body, now):
+    def deliver(self, recipient, sender, subject, body, now, raw=None):
         return self._executor.submit(
-            _deliver, recipient, sender, subject, body, now, self._quotas
+            _deliver, recipient, sender, subject, body, now, self._quotas, raw
         )
+
+    def deliver_all(self, recipients, sender, subject, body, now, raw=None):
+        return self._executor.submit(
+            _deliver_all, list(recipients), sender, subject, body, now, self._quotas, raw
+        )
+
+    def messages(self, account):
+        return self._executor.submit(_messages, account)
+
+    def delete_ids(self, account, message_ids):
+        return self._executor.submit(_delete_ids, account, list(message_ids))
 
     def count(self, account):
         return self._executor.submit(_count, account)
@@ -502,15 +513,40 @@ def _deliver_staged(db, token_hash, sender, recipient, now, quotas):
     return message_id
 
 
-def _deliver(db, recipient, sender, subject, body, now, quotas):
+def _deliver(db, recipient, sender, subject, body, now, quotas, raw=None):
     recipient = _recipient(db, recipient)
     if quotas.messages is not None or quotas.bytes is not None:
-        _check_quota(db, recipient, len((subject + body).encode("utf-8")), quotas)
+        size = len((subject + body).encode("utf-8")) + len(raw or b"")
+        _check_quota(db, recipient, size, quotas)
     return db.execute(
-        "INSERT INTO messages (recipient, sender, subject, body, created)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (recipient, sender, subject, body, now),
+        "INSERT INTO messages (recipient, sender, subject, body, created, raw)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (recipient, sender, subject, body, now, raw),
     ).lastrowid
+
+
+def _deliver_all(db, recipients, sender, subject, body, now, quotas, raw):
+    # One savepoint for the lot: a refusal for one mailbox undoes the others.
+    return [_deliver(db, r, sender, subject, body, now, quotas, raw) for r in recipients]
+
+
+@_reading
+def _messages(db, account):
+    rows = db.execute(
+        "SELECT id, sender, created, subject, body, raw FROM messages"
+        " WHERE recipient = ? ORDER BY id",
+        (account,),
+    )
+    return [Message(*row) for row in rows]
+
+
+def _delete_ids(db, account, message_ids):
+    deleted = 0
+    for message_id in message_ids:
+        deleted += db.execute(
+            "DELETE FROM messages WHERE recipient = ? AND id = ?", (account, message_id)
+        ).rowcount
+    return deleted
 
 
 def _check_quota(db, recipient, size, quotas):
@@ -569,7 +605,9 @@ def _headers(db, account, sender, after=None, limit=None):
 
 @_reading
 def _message(db, account, message_id):
-    query = "SELECT id, sender, created, subject, body FROM messages WHERE recipient = ?"
+    query = (
+        "SELECT id, sender, created, subject, body, raw FROM messages WHERE recipient = ?"
+    )
     if message_id is None:
         row = db.execute(query + " ORDER BY id LIMIT 1", (account,)).fetchone()
         if row is None:
