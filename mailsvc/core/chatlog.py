@@ -55,3 +55,6 @@ class ChatLog(service.Service):
 
     def left(self, nick):
         self._write("%s left" % (nick,))
+
+    def renamed(self, nick, new):
+        self._write("%s is now known as %s" % (nick, new))

@@ -39,6 +39,7 @@ _LINES = {
     events.Said: lambda e: encode("%s: %s" % (e.nick, e.text)),
     events.Joined: lambda e: encode("* %s joined" % (e.nick,)),
     events.Left: lambda e: encode("* %s left" % (e.nick,)),
+    events.Renamed: lambda e: encode("* %s is now known as %s" % (e.nick, e.new)),
     events.Private: lambda e: encode("*%s* %s" % (e.sender, e.text)),
     events.NewMail: lambda e: encode("* new mail from %s: %s" % (e.sender, e.subject)),
     events.Shutdown: lambda e: encode("Server will shut down in %d seconds" % (e.seconds,)),

@@ -83,6 +83,9 @@ class TextLineProtocol(LineReceiver, TimeoutMixin):
 
     _discarding = False
     _overflow = None
+    # How lines are decoded: "strict" calls undecodableLine for a line that
+    # is not UTF-8; "replace" hands it over with U+FFFD in place of the bad bytes.
+    decodeErrors = "strict"
 
     def connectionMade(self):
         self.peerHost = getattr(self.transport.getPeer(), "host", None)
@@ -140,7 +143,7 @@ class TextLineProtocol(LineReceiver, TimeoutMixin):
             self.lineTooLong()
             return
         try:
-            text = line.decode("utf-8")
+            text = line.decode("utf-8", self.decodeErrors)
         except UnicodeDecodeError:
             self.undecodableLine()
         else:

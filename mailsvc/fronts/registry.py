@@ -57,9 +57,9 @@ def unregister(front):
 
 
 def builtin():
-    from mailsvc.fronts import chat, mail
+    from mailsvc.fronts import chat, irc, mail
 
-    return [mail.FRONT, chat.FRONT]
+    return [mail.FRONT, chat.FRONT, irc.FRONT]
 
 
 def fronts():
