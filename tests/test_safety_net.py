@@ -171,6 +171,8 @@ LIMITS = [
     "session-ttl",
     "flood-rate",
     "flood-burst",
+    "irc-ping-interval",
+    "irc-ping-timeout",
 ]
 
 

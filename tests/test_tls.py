@@ -362,7 +362,14 @@ def tls_server(mailsvc_process, identity):
     C{--port tcp:0...} and C{--chat-port tcp:0...} come first, and twistd
     takes the last value given for an option.
     """
-    return mailsvc_process("--port", listening(identity), "--chat-port", listening(identity))
+    return mailsvc_process(
+        "--port",
+        listening(identity),
+        "--chat-port",
+        listening(identity),
+        "--irc-port",
+        listening(identity),
+    )
 
 
 def cli(*args, password="pw", stdin=""):
@@ -382,7 +389,7 @@ def cli(*args, password="pw", stdin=""):
 def test_twistd_serves_tls_and_the_cli_speaks_it(tls_server, identity, stranger):
     port, roots = tls_server.port, identity.roots
     # Only the TLS ports listen: the harness's tcp:0 ones were overridden.
-    assert set(tls_server.ports) == {"mail", "chat"}
+    assert set(tls_server.ports) == {"mail", "chat", "irc"}
     assert not any(" starting on " in l and "(TLS)" not in l for l in tls_server.log.lines)
     mail = ["--connect", verified(port, roots)]
     assert cli("register", "--user", "alice", *mail) == ("registered alice\n", "", 0)
