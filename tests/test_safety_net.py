@@ -178,6 +178,8 @@ LIMITS = [
     "max-registrations",
     "chat-log-size",
     "chat-log-keep",
+    "irc-ping-interval",
+    "irc-ping-timeout",
 ]
 
 

@@ -364,6 +364,7 @@ def tls_server(mailsvc_process, identity):
     """
     return mailsvc_process(
         "--port", listening(identity), "--chat-port", listening(identity),
+        "--irc-port", listening(identity),
         "--smtp-port", listening(identity), "--pop3-port", listening(identity),
     )
 
@@ -385,7 +386,7 @@ def cli(*args, password="pw", stdin=""):
 def test_twistd_serves_tls_and_the_cli_speaks_it(tls_server, identity, stranger):
     port, roots = tls_server.port, identity.roots
     # Only the TLS ports listen: the harness's tcp:0 ones were overridden.
-    assert set(tls_server.ports) == {"mail", "chat", "smtp", "pop3"}
+    assert set(tls_server.ports) == {"mail", "chat", "irc", "smtp", "pop3"}
     assert not any(" starting on " in l and "(TLS)" not in l for l in tls_server.log.lines)
     mail = ["--connect", verified(port, roots)]
     assert cli("register", "--user", "alice", *mail) == ("registered alice\n", "", 0)

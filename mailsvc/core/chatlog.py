@@ -224,3 +224,6 @@ class ChatLog(service.Service):
 
     def left(self, nick):
         self._write("%s left" % (escape(nick),))
+
+    def renamed(self, nick, new):
+        self._write("%s is now known as %s" % (escape(nick), escape(new)))

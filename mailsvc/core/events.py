@@ -32,14 +32,16 @@ class Event:
 
 
 class Said(Event):
-    """C{nick} said C{text} to the room."""
+    """C{nick} said C{text} to the room at C{time} (seconds since the epoch,
+    or None: unknown), which IRC's server-time tags show."""
 
-    __slots__ = ("nick", "text")
+    __slots__ = ("nick", "text", "time")
 
-    def __init__(self, nick, text):
+    def __init__(self, nick, text, time=None):
         super().__init__()
         self.nick = nick
         self.text = text
+        self.time = time
 
 
 class Joined(Event):
@@ -57,6 +59,17 @@ class Left(Event):
     def __init__(self, nick):
         super().__init__()
         self.nick = nick
+
+
+class Renamed(Event):
+    """The member called C{nick} is now called C{new}."""
+
+    __slots__ = ("nick", "new")
+
+    def __init__(self, nick, new):
+        super().__init__()
+        self.nick = nick
+        self.new = new
 
 
 class Private(Event):

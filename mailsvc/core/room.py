@@ -21,14 +21,15 @@ connection at shutdown) nobody is told who left; the chat log still is.
 
 import collections
 import re
+import time
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailsvc import errors
 from mailsvc.bus.local import LocalBus, LocalPresence
+from mailsvc.core.events import History, Joined, Left, NewMail, Private, Renamed, Said
 from mailsvc.core.names import fold
-from mailsvc.core.events import History, Joined, Left, NewMail, Private, Said
 
 NICK = re.compile(r"[A-Za-z0-9_-]{1,32}\Z")
 
@@ -43,18 +44,18 @@ class ChatRoom:
     @param bus: an L{IBus}; presence: an L{IPresence} (in-process ones by default).
     @param chat_log: a L{mailsvc.core.chatlog.ChatLog}, or None.
     @param history: how many recent messages a newcomer is shown.
-    @param clock: an L{IReactorTime}, for coalescing new-mail notices: the
-        first to a member goes at once; the others within C{mail_window}
-        seconds become one notice with their count when the window ends, so
-        mail can never flood anyone's chat (at most one notice a window).
-        None: every notice at once.
+    @param clock: an L{IReactorTime}: the time of what is said, and the
+        coalescing of new-mail notices (the first to a member goes at once;
+        the others within C{mail_window} seconds become one notice with their
+        count when the window ends, so mail can never flood anyone's chat).
+        None: the wall clock, and every notice at once. SharedService sets
+        its own.
     """
 
     log = Logger()
     # Set while this node closes every connection: nobody here needs to hear
     # that each of the others left.
     closing = False
-
     def __init__(
         self, chat_log=None, history=20, bus=None, presence=None, clock=None, mail_window=1.0
     ):
@@ -73,6 +74,7 @@ class ChatRoom:
             Said: self._said,
             Joined: self._joined,
             Left: self._left,
+            Renamed: self._renamed,
             Private: self._private,
             NewMail: self._new_mail,
         }
@@ -85,6 +87,10 @@ class ChatRoom:
     def who(self):
         """Fire with every nickname in the room, on every node, sorted."""
         return self.presence.who()
+
+    def history(self):
+        """The room's recent L{History}, as a newcomer is shown it."""
+        return History(list(self._history))
 
     def participants(self):
         """The members on this node."""
@@ -123,9 +129,42 @@ class ChatRoom:
         self.presence.release(nick)
         self.bus.publish(Left(nick))
 
+    def rename(self, participant, new, account=None):
+        """
+        Give member C{participant} the nickname C{new} (and C{account}); fire
+        with None. L{errors.InvalidNick}, L{errors.NickTaken}.
+        """
+        try:
+            check_nick(new)
+        except errors.MailsvcError:
+            return defer.fail()
+        old = participant.nick
+        if old is None or self._members.get(old.lower()) is not participant:
+            return defer.fail(errors.MailsvcError("not in the room"))
+        same = old.lower() == new.lower()
+
+        def claimed(_):
+            del self._members[old.lower()]
+            group = self._formats[participant.format]
+            del group[old.lower()]
+            participant.nick = new
+            participant.account = account
+            self._members[new.lower()] = participant
+            group[new.lower()] = participant
+            if not same:
+                self.presence.release(old)
+            self.bus.publish(Renamed(old, new))
+
+        # A change of case keeps the nickname it holds.
+        d = defer.succeed(None) if same else self.presence.claim(new)
+        return d.addCallback(claimed)
+
     def say(self, participant, text):
         """Send C{text} from C{participant} to everyone else."""
-        self.bus.publish(Said(participant.nick, text))
+        self.bus.publish(Said(participant.nick, text, self.now()))
+
+    def now(self):
+        return time.time() if self.clock is None else self.clock.seconds()
 
     def private(self, sender, nick, text):
         """Send C{text} to C{nick} alone, wherever it is."""
@@ -159,6 +198,11 @@ class ChatRoom:
             self._broadcast(event)
         if self._chat_log:
             self._chat_log.left(event.nick)
+
+    def _renamed(self, event):
+        self._broadcast(event, self._members.get(event.new.lower()))
+        if self._chat_log:
+            self._chat_log.renamed(event.nick, event.new)
 
     def _private(self, event):
         recipient = self._members.get(fold(event.recipient))

@@ -93,6 +93,8 @@ class SharedService(service.Service):
         self.passwords = passwords
         self.clock = clock
         self.room = room if room is not None else ChatRoom(clock=clock)
+        if self.room.clock is None:
+            self.room.clock = clock
         self.sends = sends
         self.registrations = registrations
         self.disk = disk
@@ -470,30 +472,50 @@ class SharedService(service.Service):
 
     # The chat room
 
-    def join_chat(self, participant, nick, password=None, peer=None):
+    def join_chat(self, participant, nick, password=None, peer=None, account=None):
         """
         Add C{participant} to the room as C{nick}; fire with the room's recent
         L{History}. The name of a mail account is reserved for its owner: it
         takes the account's password (L{errors.NickReserved},
-        L{errors.BadCredentials}), checked through the portal as a LOGIN is.
+        L{errors.BadCredentials}), checked through the portal as a LOGIN is,
+        unless the participant already proved it is C{account} (IRC's SASL
+        went through L{authenticate}).
         """
+        d = self._claimable(nick, password, peer, account)
+        return d.addCallback(lambda account: self.room.join(participant, account or nick, account))
+
+    def rename_chat(self, participant, nick, password=None, peer=None, account=None):
+        """
+        Give member C{participant} the nickname C{nick}, on the terms of
+        L{join_chat}; fire with None.
+        """
+        d = self._claimable(nick, password, peer, account, participant)
+        return d.addCallback(
+            lambda account: self.room.rename(participant, account or nick, account)
+        )
+
+    def _claimable(self, nick, password, peer, account, member=None):
+        """Fire with the account C{nick} is the name of (its spelling), or
+        None if it is nobody's, once C{nick} may be taken."""
         try:
             check_nick(nick)
         except errors.MailsvcError:
             return defer.fail()
 
         def free(held):
-            if held:
+            # A member may change the case of its own nickname.
+            if held and not (member is not None and member.nick.lower() == nick.lower()):
                 raise errors.NickTaken()
             return self.storage.account(nick) if NAME.match(nick) else None
 
         def found(row):
             if row is None:
-                return self.room.join(participant, nick)
+                return None
+            if account is not None and account.lower() == row[0].lower():
+                return row[0]
             if password is None:
                 raise errors.NickReserved()
-            d = self.authenticate(nick, password, peer, "chat login")
-            return d.addCallback(lambda account: self.room.join(participant, account, account))
+            return self.authenticate(nick, password, peer, "chat login")
 
         return self.room.presence.holds(nick).addCallback(free).addCallback(found)
 

@@ -19,6 +19,7 @@ from mailsvc import errors
 from mailsvc.core import events
 from mailsvc.fronts import reason_for
 from mailsvc.fronts.lines import TextLineFactory, TextLineProtocol, line_limits
+from mailsvc.fronts.member import RoomMember
 from mailsvc.fronts.registry import Front
 from mailsvc.interfaces import IParticipant
 from mailsvc.options import positive_float, positive_int
@@ -45,6 +46,7 @@ _LINES = {
     events.Said: lambda e: encode("%s: %s" % (e.nick, e.text)),
     events.Joined: lambda e: encode("* %s joined" % (e.nick,)),
     events.Left: lambda e: encode("* %s left" % (e.nick,)),
+    events.Renamed: lambda e: encode("* %s is now known as %s" % (e.nick, e.new)),
     events.Private: lambda e: encode("*%s* %s" % (e.sender, e.text)),
     events.NewMail: lambda e: encode(
         "* new mail from %s: %s" % (e.sender, e.subject)
@@ -75,13 +77,11 @@ NICK_WORDS = {
 
 
 @implementer(IParticipant)
-class ChatProtocol(TextLineProtocol):
+class ChatProtocol(RoomMember, TextLineProtocol):
     nick = None
     account = None
     peer = None
     ready = False
-    _dropped = False
-    _strikes = 0
 
     @property
     def service(self):
@@ -94,8 +94,7 @@ class ChatProtocol(TextLineProtocol):
         self.peer = "%s:%s" % (host, port) if host is not None else str(address)
         if not self._admitted:
             return
-        self._tokens = self.factory.flood_burst
-        self._refilled = self.factory.clock.seconds()
+        self.startFloodControl()
         self.sendText("HELLO")
 
     def connectionLost(self, reason):
@@ -108,30 +107,6 @@ class ChatProtocol(TextLineProtocol):
     def receive(self, event):
         self.send(event.render(line))
 
-    def send(self, data):
-        """
-        L{IParticipant.send}: bounded by the factory's max_sendq, and
-        written at the end of the reactor turn with whatever else this
-        connection is sent in it.
-        """
-        if self._dropped:
-            return
-        if self.output.full:
-            self.output.backlog += len(data)
-            if self.output.backlog > self.factory.max_sendq:
-                self.log.warn(
-                    "SendQ exceeded: disconnecting {nick} ({peer}), over {limit} bytes"
-                    " waiting",
-                    nick=self.nick,
-                    peer=self.peer,
-                    limit=self.factory.max_sendq,
-                )
-                self._dropped = True
-                self.factory.writes.forget(self)
-                self.transport.abortConnection()
-                return
-        self.factory.writes.write(self, data)
-
     def sendText(self, *lines):
         # Replies count against the send queue like everything else.
         self.send(b"".join(encode(line) for line in lines))
@@ -143,7 +118,7 @@ class ChatProtocol(TextLineProtocol):
             self.close()
         elif not self.ready:
             self.respond(self._nick, text)
-        elif not text or not self._withinRate():
+        elif not text or not self.withinRate():
             return
         elif text.startswith("//"):
             self.service.say(self, text[1:])
@@ -152,34 +127,15 @@ class ChatProtocol(TextLineProtocol):
         else:
             self.service.say(self, text)
 
-    def _withinRate(self):
-        """
-        Flood control, a token bucket: flood_rate lines a second on average,
-        flood_burst at once. A line over the rate is dropped with a warning;
-        as many drops again as the burst, with no line in between that was
-        within the rate, and the client is disconnected.
-        """
-        factory = self.factory
-        now = factory.clock.seconds()
-        self._tokens = min(
-            factory.flood_burst, self._tokens + (now - self._refilled) * factory.flood_rate
+    def tooFast(self, rate):
+        self.sendText(
+            "* error: you are sending too fast; slow down (at most %g line%s a second)"
+            % (rate, "" if rate == 1 else "s")
         )
-        self._refilled = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            self._strikes = 0
-            return True
-        self._strikes += 1
-        if self._strikes == 1:
-            self.sendText(
-                "* error: you are sending too fast; slow down (at most %g line%s a second)"
-                % (factory.flood_rate, "" if factory.flood_rate == 1 else "s")
-            )
-        elif self._strikes > factory.flood_burst:
-            self.log.warn("flooding: disconnecting {nick} ({peer})", nick=self.nick, peer=self.peer)
-            self.sendText("* error: flooding: disconnected")
-            self.close()
-        return False
+
+    def flooded(self):
+        self.sendText("* error: flooding: disconnected")
+
     def undecodableLine(self):
         self.refuse(errors.MailsvcError("line is not valid UTF-8"))
 

@@ -93,6 +93,9 @@ class TextLineProtocol(LineReceiver, TimeoutMixin):
 
     _discarding = False
     _overflow = None
+    # How lines are decoded: "strict" calls undecodableLine for a line that
+    # is not UTF-8; "replace" hands it over with U+FFFD in place of the bad bytes.
+    decodeErrors = "strict"
 
     # Replaced in connectionMade; a protocol never connected has nothing to detach.
     output = None
@@ -153,7 +156,7 @@ class TextLineProtocol(LineReceiver, TimeoutMixin):
             self.lineTooLong()
             return
         try:
-            text = line.decode("utf-8")
+            text = line.decode("utf-8", self.decodeErrors)
         except UnicodeDecodeError:
             self.undecodableLine()
         else:
