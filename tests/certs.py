@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 
@@ -29,17 +29,22 @@ class Identity:
     roots: Path
 
 
-def self_signed(directory, name="localhost", ip="127.0.0.1"):
+def self_signed(directory, name="localhost", ip="127.0.0.1", kind="ec"):
     """
     Make a key and a self-signed certificate for C{name} and C{ip} in
     C{directory} (created if missing); return the L{Identity}.
 
-    An elliptic-curve key: generating one takes microseconds, an RSA key tens
-    of milliseconds or more.
+    C{kind} "ec": an elliptic-curve key, made in microseconds (an RSA key
+    takes tens of milliseconds or more). "rsa": a 2048-bit RSA key, for
+    what only an RSA key can be offered (ECDHE-RSA suites, and those without
+    forward secrecy, such as AES128-SHA).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
+    if kind == "rsa":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (

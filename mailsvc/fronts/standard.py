@@ -26,10 +26,9 @@ def tls_options(config):
     """The server's TLS settings from --tls-cert and --tls-key, or None."""
     if not config.get("tls-cert"):
         return None
-    from twisted.internet import ssl
+    from mailsvc import tls
 
-    with open(config["tls-cert"], "rb") as cert, open(config["tls-key"], "rb") as key:
-        return ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read()).options()
+    return tls.server_options(config["tls-key"], config["tls-cert"])
 
 
 class Lines:
