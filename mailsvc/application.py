@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import defer, endpoints, task, threads
+from twisted.internet import defer, task, threads
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
@@ -36,6 +36,7 @@ from mailsvc.core.room import ChatRoom
 from mailsvc.core.service import SharedService
 from mailsvc.core.throttle import TokenBuckets
 from mailsvc.fronts.registry import OFF
+from mailsvc.listeners import server_endpoint
 from mailsvc.store import Quotas, open_store, sqlite_path
 
 log = Logger()
@@ -93,8 +94,8 @@ class FrontListener(StreamServerEndpointService):
     """Listens for one front; logs its address (L{LISTENING}) and fires
     C{port} with the listening port."""
 
-    def __init__(self, front, description, factory, reactor):
-        super().__init__(endpoints.serverFromString(reactor, description), factory)
+    def __init__(self, front, description, factory, reactor, backlog):
+        super().__init__(server_endpoint(reactor, description, backlog), factory)
         # A port that cannot be had fails the start at once, loudly.
         self._raiseSynchronously = True
         self.front = front
@@ -192,7 +193,7 @@ def assemble(config, reactor, hasher=None, top=None):
         top
     )
     listeners = [
-        FrontListener(front, description, factories[front.name], reactor)
+        FrontListener(front, description, factories[front.name], reactor, config["backlog"])
         for front, description in served
     ]
     for listener in listeners:

@@ -7,6 +7,7 @@ import os
 
 from twisted.python import usage
 
+from mailsvc import listeners
 from mailsvc.application import ListenFailed, OneByOne, assemble
 from mailsvc.fronts import registry
 from mailsvc.options import (
@@ -42,6 +43,14 @@ GENERAL = [
     ["max-staged", None, 100, "Staged (MESSAGE) texts one session may hold.", positive_int],
     ["max-connections", None, 10000, "Connections to each front at once.", positive_int],
     ["max-per-peer", None, 100, "Connections to each front from one address.", positive_int],
+    [
+        "backlog",
+        None,
+        4096,
+        "Connections each front's port may queue before they are accepted (for tcp:,"
+        " ssl: and unix: descriptions without a backlog= of their own).",
+        positive_int,
+    ],
     ["session-ttl", None, 86400, "Seconds a session cookie may go unused.", positive_int],
     [
         "max-sends",
@@ -135,6 +144,11 @@ class Options(usage.Options):
                     raise usage.UsageError("--%s: cannot read %s" % (name, self[name]))
         self["mail-domain"] = self["mail-domain"].lower()
         check_bounds(self, self.rows)
+        for front in self.fronts:
+            description = self[front.option]
+            why = listeners.refusal(description) if description != registry.OFF else None
+            if why is not None:
+                raise usage.UsageError("--%s %s: %s" % (front.option, description, why))
 
 
 class _Process(OneByOne):
@@ -168,5 +182,9 @@ def makeService(config, reactor=None):
         from twisted.internet import reactor
     _set_umask(config)
     assembly = assemble(config, reactor, top=_Process())
+    # Before anything listens; a process, not a test's reactor, owns its limits.
+    listeners.fit_open_files(
+        listeners.files_needed(assembly.factories.values(), config["max-connections"])
+    )
     assembly.listening.addErrback(lambda failure: None)  # said by SystemExit
     return assembly.top

@@ -165,6 +165,7 @@ LIMITS = [
     "max-staged",
     "max-connections",
     "max-per-peer",
+    "backlog",
     "idle-timeout",
     "nick-timeout",
     "chat-idle-timeout",
