@@ -140,7 +140,11 @@ class TwistdServer:
         TwistdServer._count += 1
         self.name = "[twistd %d]" % (TwistdServer._count,)
 
-    def start(self, timeout=START_TIMEOUT, env=None):
+    def start(self, timeout=START_TIMEOUT, env=None, preexec_fn=None):
+        """
+        Start twistd and wait until every front listens. C{preexec_fn}: run in
+        the child before twistd (to set its resource limits, say).
+        """
         self.process = subprocess.Popen(
             twistd_command(db=self.db, **self.options),
             cwd=self.directory,
@@ -149,6 +153,7 @@ class TwistdServer:
             stderr=subprocess.STDOUT,
             # Python's own buffering must not hold back the log.
             env=dict(env or os.environ, PYTHONUNBUFFERED="1"),
+            preexec_fn=preexec_fn,
         )
         self.log = ServerLog(self.process.stdout, self.name)
         if self.log.wait_for(ALL_LISTENING, timeout) is None:
