@@ -29,8 +29,9 @@ log = Logger()
 _QUEUED = {"tcp", "tcp6", "ssl", "unix"}
 
 # Files a process holds besides its connections: the listening sockets, the
-# database and its -wal and -shm files, logs, the reactor's own descriptors,
-# Python's imports and the thread pools' wake-up pipes. Measured: about 40.
+# database and its -wal and -shm files, logs, the reactor's own descriptors
+# and wake-up pipes. Measured: 18 with the five fronts and no client;
+# the rest is room for what comes later (more stores, a bus, the web front).
 OTHER_FILES = 128
 
 
