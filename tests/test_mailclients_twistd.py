@@ -11,15 +11,19 @@ any error it logged fails the last test's teardown.
 
 import email
 import email.policy
+import os
 import poplib
 import re
 import smtplib
 import ssl
+import subprocess
+import sys
 from email.message import EmailMessage
 
 import pytest
 
 from certs import self_signed
+from conftest import require
 from mailsvc.testing.process import TwistdServer
 
 pytestmark = pytest.mark.e2e
@@ -236,3 +240,114 @@ def test_a_message_deleted_on_the_mail_port_meanwhile_answers_err(server):
             assert p.noop().startswith(b"+OK")
         finally:
             p.quit()
+
+
+# Debian's clients: swaks (SMTP AUTH and STARTTLS) and fetchmail (POP3).
+
+
+def swaks(server, identity, *args):
+    command = [
+        require("swaks", "swaks"), "--server", "localhost", "--port", str(server.ports["smtp"]),
+        "--timeout", str(TIMEOUT), *args,
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT * 3)
+    if "requires Net::SSLeay" in done.stderr:
+        require("swaks-has-no-tls", "libnet-ssleay-perl")
+    return done
+
+
+def test_swaks_auth_plain_over_starttls_and_auth_login(server, identity):
+    done = swaks(
+        server, identity,
+        "--from", "alice@localhost", "--to", "bob@localhost,carol@localhost",
+        "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", PASSWORDS["alice"],
+        "--tls", "--tls-verify", "--tls-ca-path", str(identity.cert),
+        "--header", "Subject: from swaks over TLS", "--body", "hello from swaks",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "<-  220 2.0.0 ready to start TLS" in done.stdout and "=== TLS started" in done.stdout
+    assert re.search(r"<~  235 2\.7\.0 ", done.stdout)  # AUTH after STARTTLS
+    done = swaks(
+        server, identity,
+        "--from", "dave@localhost", "--to", "bob@localhost",
+        "--auth", "LOGIN", "--auth-user", "dave", "--auth-password", PASSWORDS["dave"],
+        "--header", "Subject: from swaks, plain", "--body", "loopback",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    subjects = [row[1:] for row in listed(server, "bob")]
+    assert ("alice", "from swaks over TLS") in subjects and ("dave", "from swaks, plain") in subjects
+    assert ("alice", "from swaks over TLS") in [row[1:] for row in listed(server, "carol")]
+    # A wrong password is refused (swaks exits 28 when AUTH fails).
+    done = swaks(
+        server, identity, "--from", "dave@localhost", "--to", "bob@localhost",
+        "--auth", "PLAIN", "--auth-user", "dave", "--auth-password", "wrong",
+    )  # fmt: skip
+    assert done.returncode == 28 and "535 5.7.8" in done.stdout, done.stdout
+    # Sending as someone else: 553.
+    done = swaks(
+        server, identity, "--from", "alice@localhost", "--to", "bob@localhost",
+        "--auth", "PLAIN", "--auth-user", "dave", "--auth-password", PASSWORDS["dave"],
+    )  # fmt: skip
+    assert done.returncode != 0 and "553 5.7.1" in done.stdout, done.stdout
+
+
+MDA = """\
+import os, sys, uuid
+with open(os.path.join(sys.argv[1], uuid.uuid4().hex), "wb") as f:
+    f.write(sys.stdin.buffer.read())
+"""
+
+
+def fetchmail(server, identity, directory, name, keep):
+    """Run fetchmail once for C{name} over STLS; fire with the messages its mda wrote."""
+    directory.mkdir(exist_ok=True)
+    delivered = directory / "delivered"
+    delivered.mkdir(exist_ok=True)
+    mda = directory / "mda.py"
+    mda.write_text(MDA)
+    rcfile = directory / "fetchmailrc"
+    rcfile.write_text(
+        'poll localhost with proto POP3 port %d uidl\n'
+        '  user "%s" there with password "%s" is "%s" here\n'
+        '  %s\n'
+        '  sslproto "TLS1.2+" sslcertck sslcertfile "%s"\n'
+        '  mda "%s %s %s"\n'
+        % (server.ports["pop3"], name, PASSWORDS[name], name,
+           "keep" if keep else "nokeep fetchall",
+           identity.cert, sys.executable, mda, delivered)
+    )  # fmt: skip
+    rcfile.chmod(0o600)  # fetchmail refuses an rcfile others may read
+    before = set(os.listdir(delivered))
+    done = subprocess.run(
+        [require("fetchmail", "fetchmail"), "-f", str(rcfile), "-i", str(directory / "ids"),
+         "--pidfile", str(directory / "pid"), "--nosyslog", "--nodetach", "-v"],
+        capture_output=True, text=True, timeout=TIMEOUT * 3,
+        env=dict(os.environ, HOME=str(directory)),
+    )  # fmt: skip
+    fetched = [
+        email.message_from_bytes((delivered / f).read_bytes(), policy=email.policy.default)
+        for f in sorted(set(os.listdir(delivered)) - before, key=lambda f: (delivered / f).stat().st_mtime_ns)
+    ]
+    return done, fetched
+
+
+def test_fetchmail_keep_then_nokeep_over_stls(server, identity, tmp_path):
+    with mail_session(server, "carol") as mail:
+        for subject in ("for fetchmail one", "for fetchmail two ☃"):
+            mail.send("SEND erin %s\nline 1\nline 2\n.\n" % (subject,))
+            assert mail.reply()[0].startswith("OK ")
+    waiting = listed(server, "erin")
+    # keep: every message is fetched, none is deleted.
+    done, fetched = fetchmail(server, identity, tmp_path, "erin", keep=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "STLS" in done.stderr or "STLS" in done.stdout
+    assert len(fetched) == len(waiting)
+    assert [m["Subject"] for m in fetched][-2:] == ["for fetchmail one", "for fetchmail two ☃"]
+    assert fetched[-1]["From"] == "carol@localhost"
+    assert fetched[-1].get_content().replace("\r\n", "\n") == "line 1\nline 2\n"
+    assert listed(server, "erin") == waiting
+    # nokeep: fetched again (fetchall), then deleted at QUIT.
+    done, fetched = fetchmail(server, identity, tmp_path, "erin", keep=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(fetched) == len(waiting)
+    assert listed(server, "erin") == []
