@@ -208,6 +208,8 @@ async def run(args):
     server0, own0, wall0 = cpu_of(pids), own_cpu(), time.perf_counter()
     machine0 = machine_busy()
     state["measuring"] = True
+    # For a profiler started alongside: the window begins now.
+    print("measuring", file=sys.stderr, flush=True)
     octets0 = state["octets"]
     await asyncio.sleep(args.seconds)
     state["measuring"] = False
