@@ -101,12 +101,18 @@ def verifying(identity):
     return context
 
 
-def test_smtplib_to_two_accounts_fetched_byte_for_byte_and_listed(server):
+def composed(sender, to, subject, text):
     m = EmailMessage()
-    m["From"] = "alice@localhost"
-    m["To"] = "bob@localhost, Carol@LOCALHOST"
-    m["Subject"] = "Grüße aus Köln ☃"
-    m.set_content("first line\n.a line with a dot\n\nthird line, ünïcode\n")
+    m["From"], m["To"], m["Subject"] = sender, to, subject
+    m.set_content(text)
+    return m
+
+
+def test_smtplib_to_two_accounts_fetched_byte_for_byte_and_listed(server):
+    m = composed(
+        "alice@localhost", "bob@localhost, Carol@LOCALHOST", "Grüße aus Köln ☃",
+        "first line\n.a line with a dot\n\nthird line, ünïcode\n",
+    )  # fmt: skip
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=TIMEOUT) as s:
         s.ehlo("test")
         assert "pipelining" not in s.esmtp_features
@@ -155,11 +161,7 @@ def test_send_on_the_mail_port_parses_as_rfc_5322(server):
 
 def test_starttls_with_smtplib_and_stls_with_poplib(server, identity):
     context = verifying(identity)
-    m = EmailMessage()
-    m["From"] = "erin@localhost"
-    m["To"] = "erin@localhost"
-    m["Subject"] = "over TLS"
-    m.set_content("secret\n")
+    m = composed("erin@localhost", "erin@localhost", "over TLS", "secret\n")
     with smtplib.SMTP("localhost", server.ports["smtp"], timeout=TIMEOUT) as s:
         s.starttls(context=context)
         s.ehlo("test")
