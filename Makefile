@@ -54,3 +54,14 @@ bench:
 	        gcc -O2 -Wall -o bench/build/$$c bench/$$c.c; fi; done; \
 	.venv/bin/python bench/run.py --server-python $(BIN)/python \
 	    $(if $(filter-out 0,$(BENCH_QUICK)),--quick)
+
+# make bench-mailclients [PYTHON=pypy3] [BENCH_QUICK=1]: SMTP and POP3 at 50
+# connections, POP3 beside Dovecot (dovecot-pop3d); bench/mailclients.py.
+.PHONY: bench-mailclients
+bench-mailclients:
+	@command -v dovecot >/dev/null 2>&1 || { echo "bench: apt-get install dovecot-pop3d"; exit 1; }; \
+	set -e; \
+	$(MAKE) --no-print-directory $(VENV)/.installed; \
+	$(MAKE) --no-print-directory .venv/.installed PYTHON=python3 VENV=.venv; \
+	.venv/bin/python bench/mailclients.py --server-python $(BIN)/python \
+	    $(if $(filter-out 0,$(BENCH_QUICK)),--quick)

@@ -63,6 +63,14 @@ class IMailStorage(Interface):
         """Fire with a mailbox's L{mailsvc.store.Message}s, oldest first, with
         their bodies and sources."""
 
+    def sizes(account, measure):
+        """
+        Fire with C{[(id, octets), ...]} for a mailbox's messages, oldest
+        first, without holding their bodies: a source's length for a message
+        that has one (without reading it), else C{measure(message)}, given a
+        L{mailsvc.store.Message} with its body, one message at a time.
+        """
+
     def delete_ids(account, message_ids):
         """Delete those of C{message_ids} still in the mailbox; fire with how many."""
 

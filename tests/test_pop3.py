@@ -133,3 +133,49 @@ def test_unknown_commands_and_long_lines(factory):
     assert w("") == ["-ERR unknown command"]
     assert w("X" * 10000) == ["-ERR line too long"]
     assert w("NOOP") == ["+OK "]
+
+
+def test_a_login_reads_sizes_not_messages(factory, service):
+    """The snapshot is ids and sizes; each message is read when it is asked for."""
+    long_line = "x" * 1500  # over RFC 5322's 998: sent quoted-printable
+    fired(service.deliver("alice", "bob", "plain", "a\n.b"))
+    fired(service.deliver("alice", "bob", "Grüße", long_line + "\nend"))
+    fired(service.submit("bob", ["alice"], b"Subject: raw\r\n\r\nsource\r\n"))
+    read = []
+    storage_messages, storage_message = service.storage.messages, service.storage.message
+    service.storage.messages = lambda *a: read.append(("messages",) + a) or storage_messages(*a)
+    service.storage.message = lambda *a: read.append(("message",) + a) or storage_message(*a)
+    w = login(factory)
+    assert read == []
+    assert vars(w.protocol.mbox).keys() == {"service", "account", "domain", "ids", "sizes", "deleted"}
+    listing = w("LIST")
+    for number, size in (line.split() for line in listing[1:-1]):
+        retr = w("RETR " + number)
+        sent = b"".join(
+            (line[1:] if line.startswith(".") else line).encode("utf-8") + b"\r\n"
+            for line in retr[1:-1]
+        )
+        assert retr[0] == "+OK %s octets" % size and len(sent) == int(size)
+    assert [r[0] for r in read] == ["message"] * 3
+
+
+def test_output_full_input_waits_and_the_socket_is_paused(factory, service):
+    """A client that asks for messages and never reads them: bounded memory."""
+    from mailsvc.fronts.lines import INPUT_BUFFER
+
+    fired(service.deliver("alice", "bob", "s", "b" * 1000))
+    w = login(factory)
+    watch = w.transport.producer
+    watch.pauseProducing()  # the write buffer is past its high-water mark
+    requests = b"RETR 1\r\n" * (INPUT_BUFFER // 8 + 100)
+    w.protocol.dataReceived(requests[: INPUT_BUFFER // 2])
+    assert w.replies() == []  # nothing answered while the output is full
+    assert w.transport.producerState == "producing"
+    w.protocol.dataReceived(requests[INPUT_BUFFER // 2 :])
+    assert w.transport.producerState == "paused"  # the socket is not read
+    assert len(w.protocol._input) <= len(requests)
+    watch.resumeProducing()  # drained: the waiting lines are answered
+    replies = w.replies()
+    assert replies[0].startswith("+OK ")
+    assert sum(r.endswith(" octets") for r in replies) == len(requests) // 8
+    assert w.transport.producerState == "producing"

@@ -137,3 +137,32 @@ def test_the_senders_limit_is_shared_with_the_other_fronts(factory, service, clo
     assert submit() == "451 4.7.0 too many messages sent: try again in 1 second"
     clock.advance(1)
     assert submit().startswith("250 2.0.0")
+
+
+def test_input_waits_while_the_output_is_full_and_the_socket_pauses(factory):
+    """A client that sends commands and never reads the replies: bounded memory."""
+    from mailsvc.fronts.lines import INPUT_BUFFER
+
+    w = session(factory)
+    w.transport.producer.pauseProducing()  # the write buffer is full
+    requests = b"NOOP\r\n" * (INPUT_BUFFER // 6 + 100)
+    w.protocol.dataReceived(requests)
+    assert w.replies() == []
+    assert w.transport.producerState == "paused"
+    w.transport.producer.resumeProducing()
+    assert w.replies() == ["250 2.0.0 OK"] * (len(requests) // 6)
+    assert w.transport.producerState == "producing"
+
+
+def test_an_unfinished_data_is_counted_as_it_arrives(factory, service):
+    w = session(factory)
+    w("MAIL FROM:<alice@example.org>")
+    w("RCPT TO:<bob@example.org>")
+    assert codes(w("DATA")) == ["354"]
+    w.feed("Subject: big\r\n\r\n" + "y" * 60 + "\r\n")
+    submission = w.protocol._submission
+    for _ in range(1000):  # far past --max-body (200 here), never ended
+        w.feed("z" * 60 + "\r\n")
+    assert submission.lines == [] and submission.size > 200
+    assert w.feed(".\r\n")[0].startswith("552 5.3.4 message too large")
+    assert fired(service.mailbox("bob")) == []

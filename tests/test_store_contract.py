@@ -235,3 +235,26 @@ async def test_headers_a_page_at_a_time(store):
     )  # fmt: skip
     assert [m.id for m in await within(store.headers(alice, "CAROL", after=ids[0]))] == [ids[2]]
     assert await within(store.headers(alice, after=ids[-1])) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_sizes_measure_each_message_without_a_source(store):
+    alice, bob = fresh(), fresh()
+    for name in (alice, bob):
+        await within(store.add_account(name, "hash", 1.0))
+    raw = b"Subject: hi\r\n\r\nbody \xff\r\n"
+    [sourced] = await within(store.deliver_all([alice], bob, "hi", "body", 2.0, raw))
+    plain = await within(store.deliver(alice, bob, "plain", "text é", 3.0))
+    await within(store.deliver(bob, alice, "not alice's", "b", 1.0))
+    measured = []
+
+    def measure(message):
+        measured.append(message)
+        return 1000 + len(message.body)
+
+    assert await within(store.sizes(alice, measure)) == [(sourced, len(raw)), (plain, 1006)]
+    # Only the message without a source is measured, whole but for a source.
+    assert [(m.id, m.sender, m.date, m.subject, m.body, m.raw) for m in measured] == [
+        (plain, bob, 3.0, "plain", "text é", None)
+    ]
+    assert await within(store.sizes(fresh(), measure)) == []

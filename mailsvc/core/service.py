@@ -343,6 +343,14 @@ class SharedService(service.Service):
         """Fire with every message of C{account}'s mailbox, oldest first, whole."""
         return self.storage.messages(account)
 
+    def sizes(self, account, measure):
+        """
+        Fire with C{[(id, octets), ...]} of C{account}'s messages, oldest
+        first, measuring those without a source with C{measure(message)}
+        (see L{mailsvc.interfaces.IMailStorage.sizes}).
+        """
+        return self.storage.sizes(account, measure)
+
     def message(self, account, message_id):
         """Fire with one message of C{account}'s. L{errors.NoSuchMessage}."""
         return self.storage.message(account, message_id)

@@ -4,8 +4,9 @@ twisted.mail's L{pop3.POP3}, over the same mailboxes as the mail port.
 
 A login (USER/PASS or AUTH PLAIN, through the shared portal, so wrong
 passwords count for the shared throttle) takes a snapshot of the mailbox: its
-message ids (the UIDLs) and sizes. RETR and TOP read the message again, so
-one deleted on the mail port meanwhile answers -ERR. DELE only marks;
+message ids (the UIDLs) and sizes, never the messages themselves (a session
+holds at most one message, the one being sent). RETR and TOP read the message
+then, so one deleted on the mail port meanwhile answers -ERR. DELE only marks;
 deletions happen at QUIT, and a session that ends without QUIT deletes
 nothing. Plaintext logins are refused unless the connection is TLS or from
 loopback. Pipelined commands are answered in order (POP3's own queue while a
@@ -49,12 +50,16 @@ class Maildrop:
         self.deleted = set()
 
     def load(self):
-        def loaded(messages):
-            self.ids = [m.id for m in messages]
-            self.sizes = [len(render(m, self.account, self.domain)) for m in messages]
+        """Take the snapshot: ids and sizes only; a message is read on RETR or TOP."""
+        account, domain = self.account, self.domain
+
+        def loaded(sizes):
+            self.ids = [message_id for message_id, _ in sizes]
+            self.sizes = [octets for _, octets in sizes]
             return self
 
-        return self.service.mailbox(self.account).addCallback(loaded)
+        d = self.service.sizes(account, lambda m: len(render(m, account, domain)))
+        return d.addCallback(loaded)
 
     def listMessages(self, index=None):
         if index is None:
@@ -117,7 +122,7 @@ class POP3Protocol(Lines, pop3.POP3):
     def lineLengthExceeded(self, line):
         self.failResponse(b"line too long")
 
-    def paused_input(self):
+    def held(self):
         # While a read or a login is pending, later lines wait unread (in
         # order, and bounded by the socket rather than by a queue).
         return self.blocked is not None

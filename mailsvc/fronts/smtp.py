@@ -207,7 +207,7 @@ class SMTPProtocol(Lines, smtp.ESMTP):
 
     # Replies stay in order: input waits while a command's answer is pending.
 
-    def paused_input(self):
+    def held(self):
         return self._pending is not None
 
     def _hold(self, d):

@@ -9,10 +9,12 @@ the TLS settings.
 import ipaddress
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from mailsvc.fronts.admission import Admission
+from mailsvc.fronts.lines import INPUT_BUFFER
 
 
 def is_loopback(host):
@@ -31,6 +33,24 @@ def tls_options(config):
     return tls.server_options(config["tls-key"], config["tls-cert"])
 
 
+@implementer(IPushProducer)
+class _OutputWatch:
+    """Told by the transport when its write buffer is full and when it drains."""
+
+    def __init__(self, protocol):
+        self.protocol = protocol
+
+    def pauseProducing(self):
+        self.protocol._output_full = True
+
+    def resumeProducing(self):
+        self.protocol._output_full = False
+        self.protocol.resume_input()
+
+    def stopProducing(self):
+        pass
+
+
 class Lines:
     """
     Mixed in before a twisted.mail protocol: splits lines on LF (a CR before
@@ -38,12 +58,21 @@ class Lines:
     already received; an overlong line is thrown away up to its end and
     reported once through C{lineLengthExceeded}. Counts the connection in
     the factory's L{Admission}.
+
+    Memory per connection is bounded whatever the client sends: lines wait
+    unread while a command's answer is pending (L{held}) or while the
+    transport's write buffer is full (a client that asks for messages and
+    never reads them), and past L{INPUT_BUFFER} bytes of such waiting input
+    the socket is not read either, until the lines can go on.
     """
 
     _input = b""
     _skipping = False
     _admitted = False
     _closed = None
+    _output_full = False
+    _reading_paused = False
+    _splitting = False
     peerHost = None
     MAX_LENGTH = 8192
 
@@ -58,6 +87,7 @@ class Lines:
             self.transport.loseConnection()
             return False
         self._admitted = True
+        self.transport.registerProducer(_OutputWatch(self), True)
         return True
 
     def released(self):
@@ -80,6 +110,24 @@ class Lines:
         if not self._admitted:
             return
         self._input += data
+        if self._splitting:
+            # Called again from a line's own handling (an answer that was
+            # ready at once resumes input): the loop below goes on by itself.
+            return
+        self._splitting = True
+        try:
+            self._split()
+        finally:
+            self._splitting = False
+        if self.paused_input() and len(self._input) > INPUT_BUFFER:
+            if not self._reading_paused and not self.transport.disconnecting:
+                self._reading_paused = True
+                self.transport.pauseProducing()
+        elif self._reading_paused:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+
+    def _split(self):
         while not self.transport.disconnecting and not self.paused_input():
             end = self._input.find(b"\n")
             if end < 0:
@@ -102,10 +150,15 @@ class Lines:
             self.lineReceived(line)
 
     def paused_input(self):
+        """Whether lines wait: the output is full, or an answer is pending."""
+        return self._output_full or self.held()
+
+    def held(self):
+        """Whether a command's answer is pending (later lines wait for it)."""
         return False
 
     def resume_input(self):
-        if self._input and not self.paused_input():
+        if not self.paused_input():
             self.dataReceived(b"")
 
 

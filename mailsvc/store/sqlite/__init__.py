@@ -392,6 +392,9 @@ class SQLiteStorage(service.Service):
     def messages(self, account):
         return self._executor.submit(_messages, account)
 
+    def sizes(self, account, measure):
+        return self._executor.submit(_sizes, account, measure)
+
     def delete_ids(self, account, message_ids):
         return self._executor.submit(_delete_ids, account, list(message_ids))
 
@@ -538,6 +541,22 @@ def _messages(db, account):
         (account,),
     )
     return [Message(*row) for row in rows]
+
+
+@_reading
+def _sizes(db, account, measure):
+    # The cursor reads a row at a time: one body in memory, and no source at
+    # all (length() of a BLOB reads its size, not its bytes).
+    rows = db.execute(
+        "SELECT id, length(raw), sender, created, subject,"
+        " CASE WHEN raw IS NULL THEN body END FROM messages"
+        " WHERE recipient = ? ORDER BY id",
+        (account,),
+    )
+    return [
+        (id, octets if octets is not None else measure(Message(id, sender, date, subject, body)))
+        for id, octets, sender, date, subject, body in rows
+    ]
 
 
 def _delete_ids(db, account, message_ids):
