@@ -307,13 +307,27 @@ def ngircd_server(directory, cores):
     # It drops root for nobody: the directory must let it read the file.
     directory.chmod(0o755)
     conf.chmod(0o644)
-    return Server(
+    server = Server(
         "ngircd",
         [shutil.which("ngircd") or "ngircd", "--nodaemon", "--config", str(conf)],
         directory,
         cores,
         ports={"irc": r"Now listening on \[127\.0\.0\.1\]:(\d+)"},
     )
+    # Now and then (1 run in 20 or so) ngircd resets a connection or two while
+    # 1000 come at once, soon after the last 1000 went: measured once more.
+    server.retry_errors = True
+    return server
+
+
+def cut_log(path, keep=1 << 20):
+    """Keep the first C{keep} bytes of a log: ngircd writes a line or two for
+    every connection it opens, closes or fails to write to (200 MB a run)."""
+    if path.exists() and path.stat().st_size > keep:
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+            f.seek(keep)
+            f.write(b"\n[bench: the rest of this log was cut]\n")
 
 
 def baseline_server(python, directory, cores):
@@ -426,10 +440,16 @@ class Bench:
                 again["other_cpu_s"] = round(
                     again["machine_busy_s"] - again["server_cpu_s"] - again["gen_cpu_s"], 3
                 )
+            if result is not None and "error" in result and getattr(server, "retry_errors", False):
+                again["retried_after"] = result["error"]
+                result = None
             if result is None or (
                 "error" not in again and again["other_cpu_s"] < result["other_cpu_s"]
             ):
                 result = again
+            if "error" in result and attempt == 0 and getattr(server, "retry_errors", False):
+                log("  %s on %s: %s; measuring again" % (scenario, server.name, result["error"]))
+                continue
             if "error" in result or not noisy(result) or self.quiet.exhausted():
                 break
             if self.retries >= MAX_RETRIES:
@@ -740,6 +760,8 @@ class Bench:
         finally:
             for server in servers:
                 server.stop()
+            if len(servers) > 1:
+                cut_log(servers[1].logfile)
 
     def mail_part(self, mailsvc, baseline):
         log("mail request/response")
