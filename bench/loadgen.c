@@ -11,6 +11,10 @@
  *                       them send. Saturated (--window W messages in flight
  *                       per sender, a message being done once all N-1 others
  *                       have it) or open-loop at --rate deliveries/s.
+ *                       --dialect irc: the clients speak IRC instead (NICK and
+ *                       USER, 001, JOIN #chat, 366; PRIVMSG #chat; PING is
+ *                       answered); --dialect mixed: every other client speaks
+ *                       IRC to --irc-port, the others the line chat to --port.
  *   loadgen mail  ...   C connections send --request over and over, --depth
  *                       of them outstanding on each (1: not pipelined).
  *   loadgen idle  ...   N connections that each read a greeting and/or make
@@ -65,6 +69,9 @@ static size_t request_len = 0;
 static int greeting = 0; /* idle: read one line on connect */
 static int join = 0;     /* idle: NICK after the greeting */
 static int concurrency = 32; /* connections being set up at once */
+enum { D_LINE, D_IRC, D_MIXED };
+static int dialect = D_LINE; /* chat: what the clients speak */
+static int irc_port = 0;     /* chat, --dialect mixed: the IRC clients' port */
 
 /* ---- clocks and CPU ---- */
 
@@ -201,7 +208,7 @@ static void on_alarm(int sig) {
 
 /* ---- connections ---- */
 
-enum { C_FREE, C_CONNECTING, C_HELLO, C_READY_WAIT, C_REPLY_WAIT, C_UP, C_FAILED };
+enum { C_FREE, C_CONNECTING, C_HELLO, C_READY_WAIT, C_REPLY_WAIT, C_JOIN_WAIT, C_UP, C_FAILED };
 
 typedef struct {
     int fd;
@@ -217,11 +224,12 @@ typedef struct {
     uint64_t *sent;
     int head, count;
     int lines_in_reply;
+    int irc; /* chat: this client speaks IRC */
 } conn_t;
 
 static conn_t *conns;
 static int epfd;
-static struct sockaddr_in target;
+static struct sockaddr_in target, irc_target;
 static int setting_up = 0, up = 0, failed = 0, next_to_open = 0;
 static int closed_by_server = 0;
 
@@ -257,7 +265,8 @@ static void open_conn(int idx) {
     setting_up++;
     struct epoll_event e = {.events = EPOLLOUT, .data.u32 = (uint32_t)idx};
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &e) < 0) die("epoll_ctl: %s", strerror(errno));
-    if (connect(fd, (struct sockaddr *)&target, sizeof target) < 0 && errno != EINPROGRESS)
+    struct sockaddr_in *to = c->irc && dialect == D_MIXED ? &irc_target : &target;
+    if (connect(fd, (struct sockaddr *)to, sizeof *to) < 0 && errno != EINPROGRESS)
         fail_conn(idx, strerror(errno));
 }
 
@@ -333,14 +342,18 @@ static void note_error(const char *line, size_t len) {
 
 static void chat_send(int s) {
     sender_t *st = &sender_state[s];
-    char line[4096];
+    char line[4096 + 32];
     uint64_t seq = st->next_seq++;
-    int n = snprintf(line, sizeof line, "%" PRIu64 " %" PRIu64 " ", seq, now_ns());
-    int fill = msg_size - n - 1;
+    /* The same text in either dialect: --size counts it with its LF. */
+    int head = conns[s].irc ? snprintf(line, sizeof line, "PRIVMSG #chat :") : 0;
+    int n = head + snprintf(line + head, sizeof line - head, "%" PRIu64 " %" PRIu64 " ", seq,
+                            now_ns());
+    int fill = msg_size - (n - head) - 1;
     if (fill > 0) {
         memcpy(line + n, pad, fill);
         n += fill;
     }
+    if (conns[s].irc) line[n++] = '\r';
     line[n++] = '\n';
     st->got[seq % SLOTS] = 0;
     st->outstanding++;
@@ -353,9 +366,17 @@ static void chat_fill_window(int s) {
         chat_send(s);
 }
 
+static void delivered(unsigned s, const char *p, const char *end, uint64_t now);
+
 /* A line from the room: "S<i>: <seq> <ns> ..." or a notice. */
+static void irc_line(int idx, const char *line, size_t len, uint64_t now);
+
 static void chat_line(int idx, const char *line, size_t len, uint64_t now) {
     conn_t *c = &conns[idx];
+    if (c->irc) {
+        irc_line(idx, line, len, now);
+        return;
+    }
     if (c->state == C_HELLO) {
         if (len >= 5 && memcmp(line, "HELLO", 5) == 0) {
             char nick[48];
@@ -386,7 +407,11 @@ static void chat_line(int idx, const char *line, size_t len, uint64_t now) {
     unsigned s = 0;
     while (p < end && *p >= '0' && *p <= '9') s = s * 10 + (*p++ - '0');
     if (p + 2 > end || p[0] != ':' || p[1] != ' ' || s >= (unsigned)senders) { stray++; return; }
-    p += 2;
+    delivered(s, p + 2, end, now);
+}
+
+/* Sender s's message "<seq> <ns> ..." (from p to end) arrived. */
+static void delivered(unsigned s, const char *p, const char *end, uint64_t now) {
     uint64_t seq = 0, ts = 0;
     while (p < end && *p >= '0' && *p <= '9') seq = seq * 10 + (*p++ - '0');
     if (p < end) p++;
@@ -402,6 +427,81 @@ static void chat_line(int idx, const char *line, size_t len, uint64_t now) {
         messages_done++;
         if (rate == 0) chat_fill_window(s);
     }
+}
+
+/* ---- the IRC dialect of the chat mode ---- */
+
+static void irc_register(int idx) {
+    char reg[96];
+    int n = snprintf(reg, sizeof reg, "NICK %s%d\r\nUSER b 0 * :bench\r\n",
+                     idx < senders ? "S" : "r", idx);
+    conns[idx].state = C_READY_WAIT;
+    send_bytes(idx, reg, n);
+}
+
+static int word_is(const char *p, const char *end, const char *word) {
+    size_t n = strlen(word);
+    return (size_t)(end - p) >= n && memcmp(p, word, n) == 0 && (p + n == end || p[n] == ' ');
+}
+
+/*
+ * A line from an IRC server: ":S<i>!... PRIVMSG #chat :<seq> <ns> ..." is a
+ * delivery; 001 and 366 move registration on; PING is answered; an error
+ * numeric (4xx, 5xx) or ERROR is counted; anything else is a notice.
+ */
+static void irc_line(int idx, const char *line, size_t len, uint64_t now) {
+    conn_t *c = &conns[idx];
+    const char *p = line, *end = line + len, *nick = NULL, *nick_end = NULL;
+    if (p < end && *p == '@') { /* tags */
+        while (p < end && *p != ' ') p++;
+        while (p < end && *p == ' ') p++;
+    }
+    if (p < end && *p == ':') {
+        nick = ++p;
+        while (p < end && *p != ' ' && *p != '!') p++;
+        nick_end = p;
+        while (p < end && *p != ' ') p++;
+        while (p < end && *p == ' ') p++;
+    }
+    if (word_is(p, end, "PRIVMSG") && nick && c->state == C_UP) {
+        const char *text = memchr(p, ':', end - p);
+        unsigned s = 0;
+        const char *q = nick + 1;
+        if (*nick == 'S')
+            while (q < nick_end && *q >= '0' && *q <= '9') s = s * 10 + (*q++ - '0');
+        if (!text || *nick != 'S' || q != nick_end || s >= (unsigned)senders) { stray++; return; }
+        /* "[history] ..." on JOIN is a notice, as on the line chat. */
+        if (text + 1 < end && (text[1] < '0' || text[1] > '9')) { notices++; return; }
+        delivered(s, text + 1, end, now);
+        return;
+    }
+    if (word_is(p, end, "PING")) {
+        char pong[600];
+        size_t rest = end - (p + 4);
+        if (rest > sizeof pong - 8) rest = sizeof pong - 8;
+        memcpy(pong, "PONG", 4);
+        memcpy(pong + 4, p + 4, rest);
+        memcpy(pong + 4 + rest, "\r\n", 2);
+        send_bytes(idx, pong, rest + 6);
+        return;
+    }
+    if (end - p >= 3 && p[0] >= '0' && p[0] <= '9' && (p + 3 == end || p[3] == ' ')) {
+        /* 422: no MOTD, which is no error. */
+        if ((p[0] == '4' || p[0] == '5') && !word_is(p, end, "422")) {
+            note_error(line, len);
+            if (c->state != C_UP) fail_conn(idx, "refused at registration or JOIN");
+        } else if (c->state == C_READY_WAIT && word_is(p, end, "001")) {
+            c->state = C_JOIN_WAIT;
+            send_bytes(idx, "JOIN #chat\r\n", 12);
+        } else if (c->state == C_JOIN_WAIT && word_is(p, end, "366")) {
+            c->state = C_UP;
+            setting_up--;
+            up++;
+        }
+        return;
+    }
+    if (word_is(p, end, "ERROR")) note_error(line, len);
+    else notices++;
 }
 
 /* ---- mail state ---- */
@@ -477,7 +577,9 @@ static void connected(int idx) {
     getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
     if (err) { fail_conn(idx, strerror(err)); return; }
     set_events(c, idx, EPOLLIN);
-    if (mode[0] == 'c' || greeting) {
+    if (mode[0] == 'c' && c->irc) {
+        irc_register(idx);
+    } else if (mode[0] == 'c' || greeting) {
         c->state = C_HELLO;
     } else if (mode[0] == 'i' && request) {
         c->state = C_REPLY_WAIT;
@@ -624,6 +726,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: loadgen chat|mail|idle --port P --conns N [options]\n"
             "  chat: --senders S --window W | --rate DELIVERIES_PER_S, --size BYTES\n"
+            "        [--dialect line|irc|mixed] [--irc-port P (mixed)]\n"
             "  mail: --request 'COUNT cookie\\n' --depth D --reply-lines K\n"
             "  idle: [--greeting] [--join] [--request STR] --hold S\n"
             "  all:  --warmup S --duration S --setup-timeout S --server-pid PID\n");
@@ -653,6 +756,13 @@ int main(int argc, char **argv) {
         else if (OPT("--reply-lines")) reply_lines = atoi(v);
         else if (OPT("--concurrency")) concurrency = atoi(v);
         else if (OPT("--request")) request = unescape(v, &request_len);
+        else if (OPT("--irc-port")) irc_port = atoi(v);
+        else if (OPT("--dialect")) {
+            if (strcmp(v, "line") == 0) dialect = D_LINE;
+            else if (strcmp(v, "irc") == 0) dialect = D_IRC;
+            else if (strcmp(v, "mixed") == 0) dialect = D_MIXED;
+            else usage();
+        }
         else if (strcmp(a, "--greeting") == 0) greeting = 1;
         else if (strcmp(a, "--join") == 0) greeting = join = 1;
         else usage();
@@ -663,6 +773,9 @@ int main(int argc, char **argv) {
     if (mode[0] == 'c' && (window < 1 || window >= SLOTS)) die("--window out of range");
     if (mode[0] == 'm' && (!request || depth < 1 || reply_lines < 1)) usage();
     if (msg_size < 40 || msg_size > 4000) die("--size must be 40 to 4000");
+    if (dialect == D_MIXED && (mode[0] != 'c' || irc_port <= 0))
+        die("--dialect mixed is for chat, with --irc-port");
+    if (dialect != D_LINE && mode[0] != 'c') die("--dialect is for chat");
 
     /* Every phase is bounded; this bounds them all together. */
     signal(SIGALRM, on_alarm);
@@ -671,7 +784,10 @@ int main(int argc, char **argv) {
     raise_nofile();
 
     conns = calloc(nconns, sizeof *conns);
-    for (int i = 0; i < nconns; i++) conns[i].fd = -1;
+    for (int i = 0; i < nconns; i++) {
+        conns[i].fd = -1;
+        conns[i].irc = dialect == D_IRC || (dialect == D_MIXED && i % 2 == 1);
+    }
     pad = malloc(4096);
     memset(pad, 'x', 4096);
     if (mode[0] == 'm') {
@@ -683,6 +799,8 @@ int main(int argc, char **argv) {
     target.sin_family = AF_INET;
     target.sin_port = htons(port);
     target.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    irc_target = target;
+    irc_target.sin_port = htons(irc_port);
 
     double setup_s = setup_all();
 
@@ -772,6 +890,8 @@ int main(int argc, char **argv) {
     if (mode[0] == 'c') {
         emit(", \"senders\": %d, \"window\": %d, \"offered_per_s\": %.1f, \"size\": %d", senders,
              rate > 0 ? 0 : window, rate, msg_size);
+        emit(", \"dialect\": \"%s\"",
+             dialect == D_IRC ? "irc" : dialect == D_MIXED ? "mixed" : "line");
         emit(", \"deliveries\": %" PRIu64 ", \"per_s\": %.1f", deliveries, deliveries / secs);
         emit(", \"messages_sent\": %" PRIu64 ", \"messages_done\": %" PRIu64
              ", \"skipped\": %" PRIu64 ", \"notices\": %" PRIu64 ", \"stray\": %" PRIu64,

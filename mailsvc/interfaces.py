@@ -132,6 +132,10 @@ class IPresence(Interface):
     def release(nick):
         """Give C{nick} up."""
 
+    def respell(nick):
+        """List C{nick}, which we hold under another case ("bob" for "Bob"),
+        as C{nick} from now on: a change of case keeps the claim."""
+
     def holds(nick):
         """Fire with whether anyone, on any node, holds C{nick}."""
 

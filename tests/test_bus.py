@@ -45,6 +45,17 @@ def test_local_presence_claims_fail_when_held():
     assert fired(presence.claim("alice")) is None
 
 
+def test_local_presence_respells_a_claim_it_holds():
+    presence = LocalPresence()
+    presence.claim("bob")
+    presence.respell("Bob")
+    assert fired(presence.who()) == ["Bob"]
+    assert fired(presence.claim("BOB")).check(errors.NickTaken)
+    # Only a claim held: respelling is no claim.
+    presence.respell("carol")
+    assert fired(presence.who()) == ["Bob"]
+
+
 @pytest.fixture
 def nodes(clock):
     storage = SQLiteStorage.inline()

@@ -299,6 +299,49 @@ def test_nick_change(irc, chat, service):
     assert lena.replies() == ["* robert is now known as Robert"]
 
 
+def test_nick_change_of_case_alone(irc, chat, service):
+    """As IRC servers do: NICK Bob when you are bob is a nick change like any
+    other (the NICK line to everyone, the new spelling wherever nicks are
+    listed), and it keeps the nickname it holds."""
+    lena = line_user(chat, "lena")
+    alice = joined(irc, "alice")
+    bob = joined(irc, "bob")
+    lena.replies()
+    alice.replies()
+    assert bob("NICK Bob") == [":bob!bob@%s NICK :Bob" % S]
+    assert alice.replies() == [":bob!bob@%s NICK :Bob" % S]
+    assert lena.replies() == ["* bob is now known as Bob"]
+    assert bob("NICK Bob") == []
+    assert bob("NAMES #chat")[0] == ":%s 353 Bob = #chat :Bob alice lena" % S
+    assert bob("ISON bob") == [":%s 303 Bob :Bob" % S]
+    assert alice("WHOIS bob")[0] == ":%s 311 alice Bob Bob %s * :Bob" % (S, S)
+    assert lena("/who") == ["* here: Bob, alice, lena"]
+    # Still the one who holds it: nobody else may take it, and /msg reaches it.
+    other = Wire(irc)
+    other("USER other 0 * :other")
+    assert other("NICK BOB") == [":%s 433 * BOB :Nickname is already in use" % S]
+    lena("/msg bob hi")
+    assert bob.replies() == [":lena!lena@%s PRIVMSG Bob :hi" % S]
+    # And back, as often as it likes; on leaving, the nickname is free again.
+    assert bob("NICK bob") == [":Bob!Bob@%s NICK :bob" % S]
+    bob("QUIT")
+    bob.protocol.connectionLost(None)
+    assert lena.replies()[-1] == "* bob left"
+    assert registered(irc, "BOB")
+
+
+def test_a_mail_account_keeps_its_spelling(irc, chat, service):
+    """A mail account's nickname is spelt as the account: NICK CAROL from
+    carol changes nothing, and tells nobody."""
+    fired(service.register("carol", "secret"))
+    lena = line_user(chat, "lena")
+    carol = joined(irc, "carol", "PASS secret")
+    lena.replies()
+    assert carol("NICK CAROL") == []
+    assert lena.replies() == []
+    assert carol("NAMES #chat")[0] == ":%s 353 carol = #chat :carol lena" % S
+
+
 def test_part_leaves_the_room_and_join_comes_back(irc, chat):
     lena = line_user(chat, "lena")
     alice = joined(irc, "alice")

@@ -46,6 +46,11 @@ class LocalPresence:
     def release(self, nick):
         self._held.pop(fold(nick), None)
 
+    def respell(self, nick):
+        key = fold(nick)
+        if key in self._held:
+            self._held[key] = nick
+
     def holds(self, nick):
         return defer.succeed(fold(nick) in self._held)
 

@@ -139,19 +139,24 @@ class ChatRoom:
         except errors.MailsvcError:
             return defer.fail()
         old = participant.nick
-        if old is None or self._members.get(old.lower()) is not participant:
+        if old is None or self._members.get(fold(old)) is not participant:
             return defer.fail(errors.MailsvcError("not in the room"))
-        same = old.lower() == new.lower()
+        if new == old:
+            participant.account = account
+            return defer.succeed(None)
+        same = fold(old) == fold(new)
 
         def claimed(_):
-            del self._members[old.lower()]
+            del self._members[fold(old)]
             group = self._formats[participant.format]
-            del group[old.lower()]
+            del group[fold(old)]
             participant.nick = new
             participant.account = account
-            self._members[new.lower()] = participant
-            group[new.lower()] = participant
-            if not same:
+            self._members[fold(new)] = participant
+            group[fold(new)] = participant
+            if same:
+                self.presence.respell(new)
+            else:
                 self.presence.release(old)
             self.bus.publish(Renamed(old, new))
 
@@ -200,13 +205,16 @@ class ChatRoom:
             self._chat_log.left(event.nick)
 
     def _renamed(self, event):
-        self._broadcast(event, self._members.get(event.new.lower()))
+        self._broadcast(event, self._members.get(fold(event.new)))
         if self._chat_log:
             self._chat_log.renamed(event.nick, event.new)
 
     def _private(self, event):
         recipient = self._members.get(fold(event.recipient))
         if recipient is not None:
+            if recipient.nick != event.recipient:
+                # Addressed without regard to case: to it as it spells itself.
+                event = Private(event.sender, recipient.nick, event.text)
             self._deliver(recipient, event)
 
     def _new_mail(self, event):

@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from mailsvc import errors
 from mailsvc.core import events
-from mailsvc.core.names import MAX_PASSWORD
+from mailsvc.core.names import MAX_PASSWORD, fold
 from mailsvc.fronts.lines import TextLineFactory, TextLineProtocol, line_limits
 from mailsvc.fronts.member import RoomMember
 from mailsvc.fronts.registry import Front
@@ -579,9 +579,16 @@ class IRCProtocol(RoomMember, TextLineProtocol):
             raise IRCError("484", "Your connection is restricted: JOIN %s first" % (
                 self.factory.channel,
             ))
-        old = self.me()
+        before, old = self.nick, self.me()
+
+        def renamed(_):
+            # A mail account keeps the account's spelling: then nothing changed.
+            if self.nick != before:
+                return [":%s NICK :%s" % (old, self.nick)]
+            return None
+
         d = self.service.rename_chat(self, nick, None, self.peerHost, self.account)
-        return d.addCallback(lambda _: [":%s NICK :%s" % (old, self.nick)])
+        return d.addCallback(renamed)
 
     # The channel
 
@@ -738,13 +745,16 @@ class IRCProtocol(RoomMember, TextLineProtocol):
 
     def irc_WHOIS(self, params):
         self.need(params, 1, "WHOIS")
-        nick = params[-1]
+        asked = params[-1]
 
-        def found(held):
-            if not held:
+        def found(nicks):
+            # Its own spelling, whatever the case asked.
+            key = fold(asked)
+            nick = next((n for n in nicks if fold(n) == key), None)
+            if nick is None:
                 return [
-                    self.numeric("401", nick, "No such nick/channel"),
-                    self.numeric("318", nick, "End of /WHOIS list"),
+                    self.numeric("401", asked, "No such nick/channel"),
+                    self.numeric("318", asked, "End of /WHOIS list"),
                 ]
             return [
                 self.numeric("311", nick, nick, self.server, "*", nick),
@@ -753,7 +763,7 @@ class IRCProtocol(RoomMember, TextLineProtocol):
                 self.numeric("318", nick, "End of /WHOIS list"),
             ]
 
-        return self.service.room.presence.holds(nick).addCallback(found)
+        return self.service.room.who().addCallback(found)
 
     def irc_ISON(self, params):
         asked = " ".join(params).split()
