@@ -169,7 +169,7 @@ class GroupCommitExecutor:
         # afresh after any storage error, so the server recovers when the
         # database does.
         try:
-            if self._connection is None:
+            if self._connection is None or getattr(self._connection, "closed", False):
                 self._connection = self._connect()
             return self.run_batch(self._connection, batch)
         except Exception as e:  # the database's errors, OSError, SchemaTooNew
