@@ -130,7 +130,7 @@ class Server:
 
         try:
             psycopg.connect(self.url, autocommit=True, connect_timeout=10).close()
-        except psycopg.Error as e:
+        except Exception as e:  # psycopg.Error; on PyPy 7.3.11, a TypeError of its ctypes
             raise Unavailable("cannot connect to %s: %s (%s)" % (self.url, e, HOW))
 
     def create_database(self):

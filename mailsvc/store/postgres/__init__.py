@@ -33,7 +33,7 @@ from mailsvc import errors
 from mailsvc.store import OpenFailed, Quotas, executor
 from mailsvc.store.executor import ExecutorStorage, storage_failure
 from mailsvc.store.postgres import queries
-from mailsvc.store.postgres.schema import SchemaTooNew, migrate
+from mailsvc.store.postgres.schema import migrate
 
 # Savepoints in one transaction, at most: below PostgreSQL's 64 cached
 # subtransactions (PGPROC_MAX_CACHED_SUBXIDS).
@@ -149,7 +149,9 @@ class PostgresStorage(ExecutorStorage):
         """
         try:
             connect(url).close()
-        except (psycopg.Error, SchemaTooNew) as e:
+        # Any error: PyPy 7.3.11's ctypes, for one, cannot run psycopg's
+        # libpq binding (a TypeError).
+        except Exception as e:
             raise OpenFailed(
                 "cannot use the database %s: %s" % (_safe(url), _first_line(e))
             ) from e
