@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -148,6 +149,7 @@ class Run:
         self.results.append(result)
 
     def config(self, name, count, postgres):
+        shutil.rmtree(self.rundir / name, ignore_errors=True)
         database, db = self.database() if postgres else (None, None)
         nodes = []
         try:
