@@ -11,7 +11,8 @@ Its SQL runs through an executor, its private business:
     at once, on a read-only connection of its own that never waits for a lock
     (in WAL mode it sees every commit already acknowledged). For such a read
     the trip through the thread costs more than the read; after any error
-    the read, and those of the next L{READER_RETRY} second, go to the thread.
+    the read, and those of the next
+    L{mailsvc.store.executor.READER_RETRY} second, go to the thread.
   - L{InlineExecutor}: runs each request at once on the calling thread, for
     unit tests driven by StringTransport and Clock.
 
@@ -25,7 +26,8 @@ checked in the savepoint of the write they guard, on the one thread, so two
 deliveries cannot both take the last place. A batch that only reads begins
 with a plain BEGIN, so reads go on while the database cannot be written.
 
-The schema is the SQL files of C{schema/}, applied in order (L{schema.migrate}).
+The SQL is L{queries}; the schema the SQL files of C{schema/}, applied in
+order (L{schema.migrate}).
 """
 
 import os
@@ -37,7 +39,7 @@ from twisted.python.failure import Failure
 
 from mailsvc import errors
 from mailsvc.store import Quotas, executor
-from mailsvc.store.executor import READER_RETRY, ExecutorStorage, storage_failure
+from mailsvc.store.executor import ExecutorStorage, storage_failure
 from mailsvc.store.sqlite import queries
 from mailsvc.store.sqlite.schema import MIGRATIONS, migrate
 
