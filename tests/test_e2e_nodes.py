@@ -13,7 +13,6 @@ from collections import deque
 import psycopg
 import pytest
 
-from mailsvc.testing.process import TwistdServer
 
 pytestmark = pytest.mark.e2e
 
@@ -21,24 +20,9 @@ COOKIE = r"[A-Za-z0-9_-]{43}"
 
 
 @pytest.fixture
-def nodes(tmp_path, postgres_url):
-    """Start C{start(*extra)} nodes on one database; each stopped and checked
-    for logged errors after the test."""
-    started = []
-
-    def start(*extra):
-        directory = tmp_path / ("node%d" % (len(started) + 1,))
-        directory.mkdir()
-        node = TwistdServer(directory, db=postgres_url, extra=extra)
-        started.append(node)
-        return node.start()
-
-    yield start
-    for node in started:
-        node.close()
-    problems = [line for node in started for line in node.problems()]
-    if problems:
-        pytest.fail("a node logged errors:\n" + "\n".join(problems))
+def nodes(mailsvc_process, postgres_url):
+    """Start a node on the test's database: a function of its extra arguments."""
+    return lambda *extra: mailsvc_process(*extra, fresh=True, db=postgres_url)
 
 
 def cookie_of(reply):

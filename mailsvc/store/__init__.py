@@ -29,6 +29,16 @@ class Message:
     raw: bytes = None
 
 
+def sql_steps(package):
+    """The text of each C{schema/*.sql} file of C{package}, in the order of
+    their names: a backend's schema, one upgrade step a file."""
+    from importlib import resources
+
+    folder = resources.files(package) / "schema"
+    names = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".sql"))
+    return [(folder / name).read_text(encoding="utf-8") for name in names]
+
+
 def sqlite_path(url):
     """The file of a C{sqlite:} URL (C{sqlite:///abs/path}, C{sqlite:rel/path}),
     or C{url} itself when it is a plain path."""

@@ -9,22 +9,14 @@ wait for it, then find it done. Add a new file for a change; never edit one
 that has shipped.
 """
 
-from importlib import resources
+from mailsvc.store import sql_steps
 
 # The advisory lock's key: any number no other application on the database
 # uses (the digits of "mailsvc" on a phone keypad).
 LOCK = 6245782
 
 
-def _steps():
-    folder = resources.files(__package__) / "schema"
-    names = sorted(
-        entry.name for entry in folder.iterdir() if entry.name.endswith(".sql")
-    )
-    return [(folder / name).read_text(encoding="utf-8") for name in names]
-
-
-MIGRATIONS = _steps()
+MIGRATIONS = sql_steps(__package__)
 
 
 class SchemaTooNew(Exception):
