@@ -12,7 +12,7 @@ CONFLICT}, C{SELECT ... FOR UPDATE}.
 """
 
 from mailsvc import errors
-from mailsvc.store import Message
+from mailsvc.store import sql
 from mailsvc.store.executor import guarded, reading
 
 
@@ -44,31 +44,21 @@ def account(db, name):
     ).fetchone()
 
 
-def add_session(db, token_hash, account, now):
-    db.execute(
-        "INSERT INTO sessions (token_hash, account, created, last_used)"
-        " VALUES (%s, %s, %s, %s)",
-        (token_hash, account, now, now),
-    )
-
-
-@reading
-def session_account(db, token_hash):
-    return db.execute(
-        "SELECT account, last_used FROM sessions WHERE token_hash = %s", (token_hash,)
-    ).fetchone()
-
-
-def touch_session(db, token_hash, now):
-    db.execute("UPDATE sessions SET last_used = %s WHERE token_hash = %s", (now, token_hash))
-
-
-def expire_sessions(db, before):
-    return db.execute("DELETE FROM sessions WHERE last_used < %s", (before,)).rowcount
-
-
-def remove_session(db, token_hash):
-    return db.execute("DELETE FROM sessions WHERE token_hash = %s", (token_hash,)).rowcount > 0
+# What both dialects write alike (mailsvc.store.sql).
+_common = sql.statements("%s", "lower(sender) = lower(%s)")
+add_session = _common.add_session
+session_account = _common.session_account
+touch_session = _common.touch_session
+expire_sessions = _common.expire_sessions
+remove_session = _common.remove_session
+messages = _common.messages
+extent = _common.extent
+headers = _common.headers
+message = _common.message
+delete = _common.delete
+delete_subject = _common.delete_subject
+summary = _common.summary
+forgive = _common.forgive
 
 
 # Guarded: another node may remove the session between this read and the
@@ -163,21 +153,6 @@ def deliver_all(db, recipients, sender, subject, body, now, quotas, raw):
     return [_insert(db, accounts[r.lower()], sender, subject, body, now, raw) for r in recipients]
 
 
-@reading
-def messages(db, account):
-    rows = db.execute(
-        "SELECT id, sender, created, subject, body, raw FROM messages"
-        " WHERE recipient = %s ORDER BY id",
-        (account,),
-    )
-    return [_message(row) for row in rows]
-
-
-def _message(row):
-    id, sender, created, subject, body, raw = row
-    return Message(id, sender, created, subject, body, None if raw is None else bytes(raw))
-
-
 def delete_ids(db, account, message_ids):
     return db.execute(
         "DELETE FROM messages WHERE recipient = %s AND id = ANY(%s)",
@@ -191,87 +166,6 @@ def count(db, account):
         "SELECT messages FROM mailbox_usage WHERE account = %s", (account,)
     ).fetchone()
     return row[0] if row else 0
-
-
-def _mailbox_query(columns, account, sender, after=None):
-    query = "SELECT " + columns + " FROM messages WHERE recipient = %s"
-    parameters = [account]
-    if sender is not None:
-        query += " AND lower(sender) = lower(%s)"
-        parameters.append(sender)
-    if after is not None:
-        query += " AND id > %s"
-        parameters.append(after)
-    return query, parameters
-
-
-@reading
-def extent(db, account, sender):
-    query, parameters = _mailbox_query("count(*), max(id)", account, sender)
-    found, newest = db.execute(query, parameters).fetchone()
-    return found, newest
-
-
-@reading
-def headers(db, account, sender, after=None, limit=None):
-    query, parameters = _mailbox_query("id, sender, created, subject", account, sender, after)
-    query += " ORDER BY id"
-    if limit is not None:
-        query += " LIMIT %s"
-        parameters.append(limit)
-    return [Message(*row) for row in db.execute(query, parameters)]
-
-
-@reading
-def message(db, account, message_id):
-    query = (
-        "SELECT id, sender, created, subject, body, raw FROM messages WHERE recipient = %s"
-    )
-    if message_id is None:
-        row = db.execute(query + " ORDER BY id LIMIT 1", (account,)).fetchone()
-        if row is None:
-            raise errors.EmptyMailbox()
-    else:
-        row = db.execute(query + " AND id = %s", (account, message_id)).fetchone()
-        if row is None:
-            raise errors.NoSuchMessage("no such message: %d" % (message_id,))
-    return _message(row)
-
-
-def delete(db, account, message_id):
-    message_id = message(db, account, message_id).id
-    db.execute("DELETE FROM messages WHERE id = %s", (message_id,))
-    return message_id
-
-
-def delete_subject(db, account, subject):
-    return db.execute(
-        "DELETE FROM messages WHERE recipient = %s AND subject = %s", (account, subject)
-    ).rowcount
-
-
-@reading
-def summary(db):
-    def one(query):
-        return db.execute(query).fetchone()
-
-    (accounts,) = one("SELECT count(*) FROM accounts")
-    (sessions,) = one("SELECT count(*) FROM sessions")
-    staged, staged_chars = one("SELECT count(*), coalesce(sum(length(text)), 0) FROM staged")
-    messages, message_bytes, mailboxes, largest = one(
-        "SELECT coalesce(sum(messages), 0), coalesce(sum(bytes), 0),"
-        " count(*), coalesce(max(messages), 0) FROM mailbox_usage WHERE messages > 0"
-    )
-    return {
-        "accounts": accounts,
-        "sessions": sessions,
-        "staged": staged,
-        "staged_chars": staged_chars,
-        "messages": int(messages),
-        "message_chars": int(message_bytes),
-        "mailboxes": mailboxes,
-        "largest_mailbox": largest,
-    }
 
 
 @reading
@@ -294,7 +188,3 @@ def record_failure(db, key, now, forget_after):
         (key, now, now - forget_after),
     ).fetchone()
     return count
-
-
-def forgive(db, key):
-    db.execute("DELETE FROM login_failures WHERE key = %s", (key,))

@@ -7,7 +7,7 @@ The SQLite store's SQL: one work function a request, C{work(connection,
 import sqlite3
 
 from mailsvc import errors
-from mailsvc.store import Message
+from mailsvc.store import sql
 from mailsvc.store.executor import quick, reading
 
 def add_account(db, name, password_hash, now):
@@ -28,34 +28,22 @@ def account(db, name):
     ).fetchone()
 
 
-def add_session(db, token_hash, account, now):
-    db.execute(
-        "INSERT INTO sessions (token_hash, account, created, last_used)"
-        " VALUES (?, ?, ?, ?)",
-        (token_hash, account, now, now),
-    )
-
-
-@quick
-def session_account(db, token_hash):
-    return db.execute(
-        "SELECT account, last_used FROM sessions WHERE token_hash = ?", (token_hash,)
-    ).fetchone()
-
-
-def touch_session(db, token_hash, now):
-    db.execute("UPDATE sessions SET last_used = ? WHERE token_hash = ?", (now, token_hash))
-
-
-def expire_sessions(db, before):
-    return db.execute("DELETE FROM sessions WHERE last_used < ?", (before,)).rowcount
-
-
-def remove_session(db, token_hash):
-    return (
-        db.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,)).rowcount
-        > 0
-    )
+# What both dialects write alike (mailsvc.store.sql).
+_common = sql.statements("?", "sender = ? COLLATE NOCASE")
+add_session = _common.add_session
+session_account = _common.session_account
+touch_session = _common.touch_session
+expire_sessions = _common.expire_sessions
+remove_session = _common.remove_session
+messages = _common.messages
+extent = _common.extent
+headers = _common.headers
+message = _common.message
+delete = _common.delete
+delete_subject = _common.delete_subject
+summary = _common.summary
+forgive = _common.forgive
+quick(session_account)
 
 
 def stage(db, token_hash, text, now, quotas):
@@ -108,16 +96,6 @@ def deliver_all(db, recipients, sender, subject, body, now, quotas, raw):
     return [deliver(db, r, sender, subject, body, now, quotas, raw) for r in recipients]
 
 
-@reading
-def messages(db, account):
-    rows = db.execute(
-        "SELECT id, sender, created, subject, body, raw FROM messages"
-        " WHERE recipient = ? ORDER BY id",
-        (account,),
-    )
-    return [Message(*row) for row in rows]
-
-
 def delete_ids(db, account, message_ids):
     deleted = 0
     for message_id in message_ids:
@@ -151,91 +129,6 @@ def count(db, account):
     return row[0] if row else 0
 
 
-def _mailbox_query(columns, account, sender, after=None):
-    query = "SELECT " + columns + " FROM messages WHERE recipient = ?"
-    parameters = [account]
-    if sender is not None:
-        query += " AND sender = ? COLLATE NOCASE"
-        parameters.append(sender)
-    if after is not None:
-        query += " AND id > ?"
-        parameters.append(after)
-    return query, parameters
-
-
-@reading
-def extent(db, account, sender):
-    # Over the (recipient, id) index; with a sender, each of the mailbox's rows.
-    query, parameters = _mailbox_query("count(*), max(id)", account, sender)
-    count, newest = db.execute(query, parameters).fetchone()
-    return count, newest
-
-
-@reading
-def headers(db, account, sender, after=None, limit=None):
-    query, parameters = _mailbox_query("id, sender, created, subject", account, sender, after)
-    query += " ORDER BY id"
-    if limit is not None:
-        query += " LIMIT ?"
-        parameters.append(limit)
-    return [Message(*row) for row in db.execute(query, parameters)]
-
-
-@reading
-def message(db, account, message_id):
-    query = (
-        "SELECT id, sender, created, subject, body, raw FROM messages WHERE recipient = ?"
-    )
-    if message_id is None:
-        row = db.execute(query + " ORDER BY id LIMIT 1", (account,)).fetchone()
-        if row is None:
-            raise errors.EmptyMailbox()
-    else:
-        row = db.execute(query + " AND id = ?", (account, message_id)).fetchone()
-        if row is None:
-            raise errors.NoSuchMessage("no such message: %d" % (message_id,))
-    return Message(*row)
-
-
-def delete(db, account, message_id):
-    message_id = message(db, account, message_id).id
-    db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
-    return message_id
-
-
-def delete_subject(db, account, subject):
-    return db.execute(
-        "DELETE FROM messages WHERE recipient = ? AND subject = ?", (account, subject)
-    ).rowcount
-
-
-@reading
-def summary(db):
-    def one(query):
-        return db.execute(query).fetchone()
-
-    (accounts,) = one("SELECT count(*) FROM accounts")
-    (sessions,) = one("SELECT count(*) FROM sessions")
-    staged, staged_bytes = one("SELECT count(*), coalesce(sum(length(text)), 0) FROM staged")
-    # From the per-mailbox counts the triggers keep (schema 002): one row a
-    # mailbox, never a scan of the messages (80 MB of them took seconds of the
-    # one database thread, and every write waited).
-    messages, message_bytes, mailboxes, largest = one(
-        "SELECT coalesce(sum(messages), 0), coalesce(sum(bytes), 0),"
-        " count(*), coalesce(max(messages), 0) FROM mailbox_usage WHERE messages > 0"
-    )
-    return {
-        "accounts": accounts,
-        "sessions": sessions,
-        "staged": staged,
-        "staged_chars": staged_bytes,
-        "messages": messages,
-        "message_chars": message_bytes,
-        "mailboxes": mailboxes,
-        "largest_mailbox": largest,
-    }
-
-
 # Failed logins, per throttle key, for throttling across nodes
 # (mailsvc.core.auth): read by every node, so that an attacker gains nothing
 # by spreading guesses over them.
@@ -267,7 +160,3 @@ def record_failure(db, key, now, forget_after):
         "SELECT failures FROM login_failures WHERE key = ?", (key,)
     ).fetchone()
     return count
-
-
-def forgive(db, key):
-    db.execute("DELETE FROM login_failures WHERE key = ?", (key,))
