@@ -13,6 +13,8 @@ from collections import deque
 import psycopg
 import pytest
 
+from mailsvc.testing.process import TwistdServer
+
 
 pytestmark = pytest.mark.e2e
 
@@ -141,3 +143,39 @@ def test_kill_9_of_a_node_loses_nothing_it_acknowledged(nodes, postgres_url):
     # The node's connections to the database are gone with it.
     with psycopg.connect(postgres_url) as db:
         assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == len(stored)
+
+
+def test_a_node_that_loses_its_database_connection_says_so_then_reconnects(
+    nodes, postgres_server, postgres_url
+):
+    from psycopg.conninfo import conninfo_to_dict
+
+    node = nodes()
+    with node.connect() as c:
+        cookie = cookie_of(c("REGISTER alice pw"))
+        with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (conninfo_to_dict(postgres_url)["dbname"],),
+            )
+        assert c("COUNT " + cookie) == ["KO storage unavailable"]
+        assert c("COUNT " + cookie) == ["COUNTED 0"]
+    assert node.log.wait_for(r"storage error: ", 0) is not None
+
+
+def test_a_database_out_of_reach_ends_the_start_with_one_line(tmp_path, postgres_server):
+    from mailsvc.testing.postgres import with_database
+
+    missing = with_database(postgres_server.url, "mailsvc_test_no_such_database")
+    node = TwistdServer(tmp_path, db=missing)
+    try:
+        with pytest.raises(AssertionError, match="did not log 'all fronts listening'"):
+            node.start()
+        assert node.process.wait(15) == 1
+        text = node.log.text()
+    finally:
+        node.close()
+    assert "Traceback" not in text
+    [line] = [line for line in text.splitlines() if "mailsvc: " in line]
+    assert "cannot use the database" in line and "mailsvc_test_no_such_database" in line
