@@ -184,3 +184,41 @@ async def test_two_nodes_cannot_both_take_the_last_place(postgres_url):
     finally:
         for node in nodes:
             await within(node.stopService())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deadlock_between_two_nodes_is_run_again(postgres_url, logged_errors):
+    """Two nodes' transactions lock two mailboxes in opposite orders;
+    PostgreSQL breaks the deadlock by failing one, which is run again rather
+    than refused. Planted: a deadlock taken for a lost connection (psycopg
+    counts it as an OperationalError)."""
+    from twisted.internet import reactor
+
+    nodes = [open_store(postgres_url, reactor) for _ in range(2)]
+    for node in nodes:
+        node.startService()
+    both_locked_one = threading.Barrier(2, timeout=10)
+    first_tries = set()
+
+    def lock(first, second):
+        def work(db):
+            db.execute("UPDATE mailbox_usage SET bytes = bytes WHERE account = %s", (first,))
+            if first not in first_tries:
+                first_tries.add(first)
+                both_locked_one.wait()
+            db.execute("UPDATE mailbox_usage SET bytes = bytes WHERE account = %s", (second,))
+            return first
+
+        return work
+
+    try:
+        for name in ("alice", "bob"):
+            await within(nodes[0].add_account(name, "hash", 1.0))
+        sent = [
+            nodes[0]._executor.submit(lock("alice", "bob")),
+            nodes[1]._executor.submit(lock("bob", "alice")),
+        ]
+        assert await within(defer.gatherResults(sent), 30) == ["alice", "bob"]
+    finally:
+        for node in nodes:
+            await within(node.stopService())

@@ -19,14 +19,14 @@ request of the batch with L{errors.StorageUnavailable} (nothing of it is
 acknowledged) and the next batch connects afresh; a deadlock with another
 node, or an error of one request that breaks the transaction, runs the
 batch again one request a transaction, so only the request at fault is
-refused.
+refused (a request alone that meets a deadlock is run again, up to
+L{RETRIES} times).
 
 The schema is the SQL files of C{schema/} (L{schema.migrate}), applied at
 start under an advisory lock, so nodes starting together do not race.
 """
 
 import psycopg
-from psycopg import errors as pgerrors
 from twisted.python.failure import Failure
 
 from mailsvc import errors
@@ -104,16 +104,29 @@ def _transaction(db, batch):
     return outcomes
 
 
-def run_batch(db, batch):
+# Times a request alone is run again after a deadlock or a serialization
+# failure with another node's transaction.
+RETRIES = 3
+
+
+def _lost(db):
+    """Whether C{db}'s connection is gone (as opposed to its transaction failing)."""
+    return db.closed or db.broken
+
+
+def run_batch(db, batch, retries=RETRIES):
     try:
         return _transaction(db, batch)
-    except psycopg.OperationalError:
-        # The connection is lost (or the server shuts down): refuse them all.
-        raise
     except psycopg.Error as e:
+        if _lost(db):
+            # The connection is lost (or the server shut down): refuse them all.
+            raise
         if len(batch) == 1:
-            if isinstance(e, (pgerrors.DeadlockDetected, pgerrors.SerializationFailure)):
-                return run_batch(db, batch)
+            # Class 40, transaction rollback (a deadlock, a serialization
+            # failure): psycopg counts them as OperationalError; the
+            # connection lives.
+            if retries and e.sqlstate and e.sqlstate.startswith("40"):
+                return run_batch(db, batch, retries - 1)
             return [(False, storage_failure(e))]
     # A deadlock with another node, or one request that broke the
     # transaction: one request a transaction, so only that one is refused.
@@ -121,7 +134,7 @@ def run_batch(db, batch):
     for item in batch:
         try:
             outcomes += run_batch(db, [item])
-        except psycopg.OperationalError as e:
+        except psycopg.Error as e:
             outcomes += [(False, storage_failure(e))] * (len(batch) - len(outcomes))
             db.close()
             break
