@@ -234,7 +234,9 @@ class Server:
             self.process.wait(10)
 
 
-def mailsvc_server(python, directory, cores):
+def mailsvc_server(python, directory, cores, db=None, name="mailsvc"):
+    """C{db}: a database URL (several nodes on PostgreSQL); an SQLite file in
+    C{directory} by default."""
     twistd = Path(python).parent / "twistd"
     local = "tcp:0:interface=127.0.0.1"
     command = [
@@ -242,18 +244,19 @@ def mailsvc_server(python, directory, cores):
         "--port", local, "--chat-port", local, "--irc-port", local,
         # Fixed ports another run on the machine may hold; the bench does not use them.
         "--smtp-port", "none", "--pop3-port", "none",
-        "--db", str(directory / "bench.sqlite"),
+        "--db", db or str(directory / "bench.sqlite"),
         "--chat-log", str(directory / "chat.log"),
         # The bench opens thousands of connections from one address, sends
         # faster than anyone types, and fills one mailbox.
         "--max-connections", "19000", "--max-per-peer", "19000",
         "--flood-rate", "1000000000", "--flood-burst", "1000000000",
         "--quota-messages", "1000000000", "--quota-bytes", "1000000000000",
+        "--max-sends", "1000000000", "--send-rate", "1000000000",
         "--nick-timeout", "3600", "--idle-timeout", "3600",
         "--shutdown-grace", "0",
     ]  # fmt: skip
     return Server(
-        "mailsvc",
+        name,
         command,
         directory,
         cores,

@@ -96,6 +96,10 @@ class Conflict(MailsvcError):
     reason = "conflicting request, try again"
 
 
+class InvalidText(MailsvcError):
+    reason = "text may not hold the NUL character"
+
+
 class StorageUnavailable(MailsvcError):
     reason = "storage unavailable"
 

@@ -13,6 +13,11 @@ class IMailStorage(Interface):
     change is committed.
     """
 
+    shared = Attribute(
+        "Whether other processes may change the store (several nodes on one"
+        " database): then what is read from it may not be kept in memory."
+    )
+
     def add_account(name, password_hash, now):
         """Create an account; fire with its name. L{errors.NameTaken}."""
 
@@ -106,6 +111,17 @@ class IMailStorage(Interface):
 
     def summary():
         """Fire with counts and sizes: a dict, never passwords or bodies."""
+
+    def failures(keys):
+        """Fire with C{{key: (failures, last failure)}} of the login throttle's
+        C{keys} that have failures recorded."""
+
+    def record_failure(key, now, forget_after):
+        """Count a failed login for C{key} at C{now} (afresh if its last one is
+        older than C{forget_after} seconds); fire with its failures now."""
+
+    def forgive(key):
+        """Forget C{key}'s failures."""
 
 
 class IBus(Interface):

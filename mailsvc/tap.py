@@ -10,6 +10,7 @@ from twisted.python import usage
 from mailsvc import listeners
 from mailsvc.application import ListenFailed, OneByOne, assemble
 from mailsvc.fronts import registry
+from mailsvc.store import OpenFailed
 from mailsvc.options import (
     check_bounds,
     endpoint,
@@ -19,7 +20,13 @@ from mailsvc.options import (
 )
 
 GENERAL = [
-    ["db", "d", "mailsvc.sqlite", "SQLite database file (created if missing)."],
+    [
+        "db",
+        "d",
+        "mailsvc.sqlite",
+        "The database: an SQLite file (created if missing), or a PostgreSQL URL"
+        " (postgresql://user@host/dbname, any libpq URL) that several nodes may share.",
+    ],
     ["chat-log", None, "chat.log", "File that records chat joins, messages, leaves."],
     [
         "chat-log-size",
@@ -113,8 +120,8 @@ class Options(usage.Options):
 
     longdesc = (
         "Serves every front (the mail command port, the group chat, and any"
-        " front a plugin adds) over one shared state in a SQLite database"
-        " (--db). See docs/operations.md."
+        " front a plugin adds) over one shared state in a database (--db: SQLite,"
+        " or PostgreSQL for several nodes). See docs/operations.md."
     )
 
     def __new__(cls, *args, **kwargs):
@@ -181,7 +188,10 @@ def makeService(config, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     _set_umask(config)
-    assembly = assemble(config, reactor, top=_Process())
+    try:
+        assembly = assemble(config, reactor, top=_Process())
+    except OpenFailed as e:
+        raise SystemExit("mailsvc: %s" % (e,))
     # Before anything listens; a process, not a test's reactor, owns its limits.
     listeners.fit_open_files(
         listeners.files_needed(assembly.factories.values(), config["max-connections"])

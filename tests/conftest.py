@@ -124,3 +124,32 @@ def require(command, package):
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """
+    Where the PostgreSQL tests make their databases (mailsvc.testing.postgres):
+    MAILSVC_TEST_POSTGRES, or a throwaway cluster. Without either the tests
+    are skipped with how to enable them, except in CI (CI=true): a failure.
+    """
+    import os
+
+    from mailsvc.testing.postgres import Server, Unavailable
+
+    try:
+        server = Server()
+    except Unavailable as e:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL tests cannot run: %s" % (e,))
+        pytest.skip("PostgreSQL tests skipped: %s" % (e,))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """The URL of a new database of this test's own, dropped afterwards."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)

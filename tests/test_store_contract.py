@@ -1,9 +1,10 @@
 """
 The store contract (L{mailsvc.interfaces.IMailStorage}), written against the
-interface alone so that it runs unchanged on every backend: the database is
-chosen by MAILSVC_TEST_DB_URL (as buildbot's BUILDBOT_TEST_DB_URL does), a new
-SQLite file per test by default. Each test uses names of its own, so a shared
-database server needs no wiping between tests.
+interface alone so that it runs unchanged on every backend, chosen by URL (as
+buildbot's BUILDBOT_TEST_DB_URL does): each test runs on a new SQLite file
+and on a new PostgreSQL database (conftest's postgres_url), and on
+MAILSVC_TEST_DB_URL too if it is set. Each test uses names of its own, so a
+shared database needs no wiping between tests.
 """
 
 import os
@@ -21,11 +22,22 @@ from mailsvc.store import Quotas, open_store
 QUOTAS = Quotas(messages=3, bytes=100, staged=2)
 
 
+BACKENDS = ["sqlite", "postgresql"] + (["url"] if os.environ.get("MAILSVC_TEST_DB_URL") else [])
+
+
+@pytest.fixture(params=BACKENDS)
+def url(request, tmp_path):
+    if request.param == "sqlite":
+        return "sqlite:///%s" % (tmp_path / "contract.sqlite")
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return os.environ["MAILSVC_TEST_DB_URL"]
+
+
 @pytest.fixture
-def store(tmp_path):
+def store(url):
     from twisted.internet import reactor
 
-    url = os.environ.get("MAILSVC_TEST_DB_URL") or "sqlite:///%s" % (tmp_path / "contract.sqlite")
     store = open_store(url, reactor, QUOTAS)
     store.startService()
     yield store
@@ -258,3 +270,20 @@ async def test_sizes_measure_each_message_without_a_source(store):
         (plain, bob, 3.0, "plain", "text é", None)
     ]
     assert await within(store.sizes(fresh(), measure)) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_failures_are_counted_per_key(store):
+    name, peer = "name:" + fresh(), "peer:" + fresh()
+    assert await within(store.failures([name, peer])) == {}
+    assert await within(store.record_failure(name, 100.0, 900.0)) == 1
+    assert await within(store.record_failure(name, 110.0, 900.0)) == 2
+    assert await within(store.record_failure(peer, 120.0, 900.0)) == 1
+    assert await within(store.failures([name, peer, "name:" + fresh()])) == {
+        name: (2, 110.0),
+        peer: (1, 120.0),
+    }
+    # A failure long after the last one starts the count afresh.
+    assert await within(store.record_failure(name, 2000.0, 900.0)) == 1
+    await within(store.forgive(name))
+    assert await within(store.failures([name, peer])) == {peer: (1, 120.0)}

@@ -62,8 +62,12 @@ class PasswordChecker:
     def __init__(self, storage, passwords, clock):
         self.storage = storage
         self.passwords = passwords
+        self.clock = clock
         self.name_throttle = Throttle(clock, free=3)
         self.peer_throttle = Throttle(clock, free=10, lenient_bursts=True)
+        # Several nodes on one store count failures together, in the store:
+        # an attacker gains nothing by spreading guesses over the nodes.
+        self.shared = getattr(storage, "shared", False)
 
     @defer.inlineCallbacks
     def requestAvatarId(self, credentials):
@@ -74,6 +78,8 @@ class PasswordChecker:
         # U+212A KELVIN SIGN in "\u212aate" never stands for "kate".
         valid = isinstance(name, str) and NAME.match(name) is not None
         name_key = fold(name) if valid else None
+        if self.shared:
+            yield self._adopt_stored(name_key, peer)
         if name_key is not None:
             self.name_throttle.begin(name_key)
         if peer is not None:
@@ -100,6 +106,8 @@ class PasswordChecker:
                 # One good password says little of the other guesses made
                 # from an address: its failures stay.
                 lockout = max(lockout, self.peer_throttle.end(peer, counted, forgive=False))
+        if self.shared:
+            yield self._store_outcome(name_key, peer, matched)
         if matched:
             return account
         self.log.warn(
@@ -112,6 +120,40 @@ class PasswordChecker:
             locked="; locked out for %g s" % lockout if lockout else "",
         )
         raise errors.BadCredentials()
+
+
+    def _stored_keys(self, name_key, peer):
+        """(throttle, local key, stored key) of an attempt's keys."""
+        keys = []
+        if name_key is not None:
+            keys.append((self.name_throttle, name_key, "name:" + name_key))
+        if peer is not None:
+            keys.append((self.peer_throttle, peer, "peer:" + peer))
+        return keys
+
+    @defer.inlineCallbacks
+    def _adopt_stored(self, name_key, peer):
+        """Learn the failures every node stored for this attempt's keys."""
+        keys = self._stored_keys(name_key, peer)
+        stored = yield self.storage.failures([key for _, _, key in keys])
+        for throttle, key, stored_key in keys:
+            throttle.adopt(key, *stored.get(stored_key, (0, 0.0)))
+
+    @defer.inlineCallbacks
+    def _store_outcome(self, name_key, peer, matched):
+        """Store a failure for every node to see (committed before the reply),
+        or forget the name's failures after its right password."""
+        if matched is None:
+            return
+        now = self.clock.seconds()
+        for throttle, key, stored_key in self._stored_keys(name_key, peer):
+            if not matched:
+                failures = yield self.storage.record_failure(
+                    stored_key, now, throttle.forget_after
+                )
+                throttle.adopt(key, failures, now)
+            elif throttle is self.name_throttle:
+                yield self.storage.forgive(stored_key)
 
 
 class IAccount(Interface):

@@ -14,6 +14,12 @@ seconds. Message counts: every change to a mailbox publishes
 L{MailboxChanged} before it is acknowledged, on success or failure, which
 drops the cached count; so a COUNT still sees every change acknowledged
 before it, whether its read ran on the database thread or the reactor's.
+
+A store that other nodes share (C{storage.shared}: PostgreSQL) turns both
+caches off: the bus's invalidations arrive after the other node's
+acknowledgement, so a cache would keep a session that node already ended,
+or a count it already changed. Every command then reads its session, and
+COUNT its count, from the store (the cost: docs/performance.md).
 """
 
 import hashlib
@@ -104,6 +110,9 @@ class SharedService(service.Service):
         # Last use is written to storage at most this often per session, so
         # a busy session does not cost a write per command.
         self._touch_interval = min(60.0, session_ttl / 4) if session_ttl else None
+        # Whether what is read from the store may be kept: not when other
+        # nodes change it.
+        self._caching = not getattr(storage, "shared", False)
         # cookie hash -> _Session: sessions are read on every command.
         self._sessions = {}
         # account name folded to lower case -> messages in its mailbox.
@@ -176,7 +185,8 @@ class SharedService(service.Service):
         d = self.storage.add_session(token_hash, account, now)
 
         def opened(_):
-            self._sessions[token_hash] = _Session(account, now, now)
+            if self._caching:
+                self._sessions[token_hash] = _Session(account, now, now)
             return cookie
 
         return d.addCallback(opened)
@@ -194,8 +204,11 @@ class SharedService(service.Service):
 
     def _use(self, token_hash, session):
         now = self.clock.seconds()
-        if self.session_ttl and now - session.last_used > self.session_ttl:
-            del self._sessions[token_hash]
+        # A session read from a shared store has the last use stored, which
+        # lags behind the real one by up to one touch interval.
+        slack = 0 if self._caching else (self._touch_interval or 0)
+        if self.session_ttl and now - session.last_used > self.session_ttl + slack:
+            self._sessions.pop(token_hash, None)
             self.storage.remove_session(token_hash).addErrback(self._storage_failed)
             raise errors.NotLoggedIn("session expired: log in again")
         session.last_used = now
@@ -233,7 +246,9 @@ class SharedService(service.Service):
             if row is None:
                 raise errors.NotLoggedIn("unknown or expired session")
             account, last_used = row
-            session = self._sessions[token_hash] = _Session(account, last_used, last_used)
+            session = _Session(account, last_used, last_used)
+            if self._caching:
+                self._sessions[token_hash] = session
             return self._use(token_hash, session)
 
         d = self.storage.session_account(token_hash)
@@ -374,6 +389,8 @@ class SharedService(service.Service):
         return self._as(cookie, self._count)
 
     def _count(self, account):
+        if not self._caching:
+            return self.storage.count(account)
         key = fold(account)
         cached = self._counts.get(key)
         if cached is not None:

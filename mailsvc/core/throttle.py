@@ -117,6 +117,33 @@ class Throttle:
         record.locked_until = now + lockout
         return lockout
 
+    def adopt(self, key, failures, last_failure):
+        """
+        C{key}'s failures as the store counts them for every node (each
+        failure is stored before it is answered, and a right password's
+        forgiveness too): they replace this node's count, and the lockout
+        follows from them. C{failures} 0: none stored.
+        """
+        now = self.clock.seconds()
+        if failures and now - last_failure > self.forget_after:
+            failures = 0
+        record = self._records.get(key)
+        if record is None:
+            if not failures:
+                return
+            self._forget_old(now)
+            record = self._records[key] = _Record()
+        record.failures = failures
+        if failures:
+            record.last_failure = last_failure
+            self._records.move_to_end(key)
+        record.locked_until = (
+            last_failure + min(2.0 ** (failures - self.free), self.longest)
+            if failures >= self.free
+            else 0.0
+        )
+        self._drop_if_clean(key, record)
+
     def _drop_if_clean(self, key, record):
         if not record.failures and not record.checking:
             del self._records[key]

@@ -122,7 +122,8 @@ class ServerLog:
 
 class TwistdServer:
     """
-    One C{twistd -n mailsvc} in C{directory} (its cwd), on database C{db}.
+    One C{twistd -n mailsvc} in C{directory} (its cwd), on database C{db}
+    (a file name in C{directory}, or a URL: several nodes on one PostgreSQL).
 
     C{ports} maps each front's name to its port, read from the log lines
     mailsvc writes for that (L{LISTENING}); C{port} is the mail front's.
@@ -132,7 +133,8 @@ class TwistdServer:
 
     def __init__(self, directory, db="mailsvc.sqlite", **options):
         self.directory = Path(directory)
-        self.db = self.directory / db
+        # A path in the directory, or a database URL (postgresql://...) as it is.
+        self.db = db if "://" in str(db) else self.directory / db
         self.options = options
         self.process = None
         self.log = None

@@ -12,7 +12,8 @@ need pytest-twisted, which runs the reactor):
                    password]) (default "guest")
   mailsvc_process  starts C{twistd -n mailsvc} subprocesses: a function of the
                    extra arguments (fresh=True: in a directory of its own,
-                   else in tmp_path, so a second one reuses the database);
+                   else in tmp_path, so a second one reuses the database;
+                   db=: a file name, or a URL that several share);
                    each is stopped and checked for logged errors after the
                    test
 """
@@ -79,12 +80,12 @@ def mailsvc_process(tmp_path):
 
     servers = []
 
-    def start(*extra, fresh=False):
+    def start(*extra, fresh=False, db="mailsvc.sqlite"):
         directory = tmp_path
         if fresh:
             directory = tmp_path / ("server%d" % (len(servers) + 1,))
             directory.mkdir()
-        server = TwistdServer(directory, extra=extra)
+        server = TwistdServer(directory, db=db, extra=extra)
         servers.append(server)
         return server.start()
 

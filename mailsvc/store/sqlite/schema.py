@@ -5,18 +5,10 @@ C{PRAGMA user_version} records how many steps a database has had. Add a new
 file for a change; never edit one that has shipped.
 """
 
-from importlib import resources
+from mailsvc.store import sql_steps
 
 
-def _steps():
-    folder = resources.files(__package__) / "schema"
-    names = sorted(
-        entry.name for entry in folder.iterdir() if entry.name.endswith(".sql")
-    )
-    return [(folder / name).read_text(encoding="utf-8") for name in names]
-
-
-MIGRATIONS = _steps()
+MIGRATIONS = sql_steps(__package__)
 
 
 class SchemaTooNew(Exception):
