@@ -77,6 +77,7 @@ class ChatRoom:
             Renamed: self._renamed,
             Private: self._private,
             NewMail: self._new_mail,
+            History: self._history_told,
         }
         self.bus.subscribe(self._heard)
 
@@ -187,6 +188,12 @@ class ChatRoom:
         self._broadcast(event, self._members.get(fold(event.nick)))
         if self._chat_log:
             self._chat_log.said(event.nick, event.text)
+
+    def _history_told(self, event):
+        # A bus across nodes keeps the history, and tells it on (re)joining
+        # the room: every node then shows a newcomer the same lines.
+        self._history.clear()
+        self._history.extend(event.events)
 
     def _joined(self, event):
         self._broadcast(event, self._members.get(fold(event.nick)))

@@ -181,6 +181,7 @@ WORDS = {
         "Nickname belongs to a mail account: send PASS <password> before NICK,"
         " or log in with SASL",
     ),
+    errors.ChatUnavailable: lambda e, asked: ("263", "NICK", e.reason),
     errors.BadCredentials: lambda e, asked: ("464", "Password incorrect"),
     errors.TooManyFailures: lambda e, asked: ("464", e.reason),
     errors.NoSuchNick: lambda e, asked: ("401", e.nick, "No such nick/channel"),
