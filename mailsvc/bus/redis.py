@@ -190,6 +190,7 @@ class _Factory(protocol.Factory):
     """What txredisapi's protocols expect of a factory, for ClientService."""
 
     isLazy = True
+    noisy = False  # a reconnect is logged once, by the link
     log = Logger()
 
     def __init__(self, protocol_class, db):

@@ -1,0 +1,182 @@
+"""
+Several C{twistd -n mailsvc} nodes on one Redis (C{--bus redis://...}), each
+with its own SQLite file (chat only): one room across them, spoken to over
+raw sockets as netcat and an IRC client would.
+
+As in test_e2e_chat.py, "nothing else arrived" is shown with a barrier (a
+C{/who}, whose reply comes after whatever was on its way), and every wait
+has a deadline.
+"""
+
+import time
+
+import pytest
+
+from mailsvc.testing.process import TwistdServer
+from mailsvc.testing.redis import unique_url
+
+pytestmark = pytest.mark.e2e
+
+LEASE = 3  # seconds: --node-lease of the nodes, short for the tests
+UNAVAILABLE = "RETRY the chat is unavailable on this server for now: try again shortly"
+S = "mailsvc"
+
+
+@pytest.fixture
+def start_node(tmp_path):
+    """start_node(url, name): a node of the cluster on Redis C{url}."""
+    nodes = []
+
+    def start(url, name, *extra):
+        directory = tmp_path / name
+        directory.mkdir()
+        node = TwistdServer(
+            directory,
+            extra=["--bus", url, "--node", name, "--node-lease", LEASE, *extra],
+        )
+        nodes.append(node)
+        return node.start()
+
+    yield start
+    for node in nodes:
+        node.close()
+    problems = [line for node in nodes for line in node.problems()]
+    if problems:
+        pytest.fail("a node logged errors:\n" + "\n".join(problems))
+
+
+def join(node, nick):
+    c = node.connect_chat()
+    assert c.line() == "HELLO"
+    c.send("NICK %s\n" % (nick,))
+    assert c.line() == "READY"
+    return c
+
+
+def who(c, *nicks):
+    c.send("/who\n")
+    assert c.line() == "* here: " + ", ".join(nicks)
+
+
+def irc_join(node, nick):
+    c = node.connect(front="irc")
+    c.send("NICK %s\r\nUSER %s 0 * :%s\r\n" % (nick, nick, nick))
+    read_until(c, "376")
+    c.send("JOIN #chat\r\n")
+    return c, read_until(c, "366")
+
+
+def read_until(c, numeric):
+    lines = []
+    while True:
+        line = c.line()
+        lines.append(line)
+        parts = line.split()
+        if len(parts) > 1 and parts[1] == numeric:
+            return lines
+
+
+def test_line_chat_on_one_node_and_irc_on_another_are_one_room(redis_url, start_node):
+    a, b = start_node(redis_url, "node-a"), start_node(redis_url, "node-b")
+    nc = join(a, "netcat")
+    irc, joined = irc_join(b, "ircuser")
+    names = [line for line in joined if line.split()[1] == "353"]
+    assert names and names[0].endswith(":ircuser netcat")
+    assert nc.line() == "* ircuser joined"
+    who(nc, "ircuser", "netcat")
+    # Both ways, in the order said.
+    for n in range(15):
+        nc.send("line %d from a\n" % (n,))
+    for n in range(15):
+        line = irc.line()
+        assert line == ":netcat!netcat@%s PRIVMSG #chat :line %d from a" % (S, n)
+    irc.send("PRIVMSG #chat :hello from b\r\n")
+    assert nc.line() == "ircuser: hello from b"
+    # /msg across nodes, both ways.
+    nc.send("/msg ircuser psst\n")
+    assert irc.line().endswith(":netcat!netcat@%s PRIVMSG ircuser :psst" % (S,))
+    irc.send("PRIVMSG netcat :back\r\n")
+    assert nc.line() == "*ircuser* back"
+    # One nickname across the nodes, whatever the case.
+    other = b.connect_chat()
+    assert other.line() == "HELLO"
+    other.send("NICK NETCAT\n")
+    assert other.line() == "RETRY nickname in use"
+    other.close()
+    irc.send("QUIT :bye\r\n")
+    assert nc.line() == "* ircuser left"
+    who(nc, "netcat")
+    irc.close()
+    nc.close()
+
+
+def test_the_history_is_the_same_on_every_node(redis_url, start_node):
+    a = start_node(redis_url, "node-a", "--history", 2)
+    alice = join(a, "alice")
+    for n in range(3):
+        alice.send("said %d\n" % (n,))
+    who(alice, "alice")
+    b = start_node(redis_url, "node-b", "--history", 2)
+    c = b.connect_chat()
+    assert c.line() == "HELLO"
+    c.send("NICK bob\n")
+    assert c.line() == "READY"
+    shown = [c.line(), c.line()]
+    assert [line.split(" ", 1)[1] for line in shown] == ["alice: said 1", "alice: said 2"]
+    alice.close()
+    c.close()
+
+
+def test_a_node_killed_frees_its_nicknames_within_the_lease(redis_url, start_node):
+    a, b = start_node(redis_url, "node-a"), start_node(redis_url, "node-b")
+    alice = join(a, "alice")
+    bob = join(b, "bob")
+    assert alice.line() == "* bob joined"
+    a.kill()
+    killed = time.monotonic()
+    assert bob.line() == "* alice left"
+    assert time.monotonic() - killed <= LEASE
+    who(bob, "bob")
+    again = join(b, "alice")
+    assert bob.line() == "* alice joined"
+    again.close()
+    bob.close()
+    alice.close()
+
+
+def test_a_redis_restart_under_chat_traffic_loses_and_doubles_no_line(own_redis, start_node):
+    url = unique_url(own_redis.url)
+    fast = ["--flood-burst", 1000, "--flood-rate", 1000]
+    a, b = start_node(url, "node-a", *fast), start_node(url, "node-b", *fast)
+    alice = join(a, "alice")
+    bob = join(b, "bob")
+    assert alice.line() == "* bob joined"
+    sent = 0
+
+    def say(count):
+        nonlocal sent
+        for _ in range(count):
+            alice.send("line %d\n" % (sent,))
+            sent += 1
+
+    say(50)
+    own_redis.stop()
+    say(50)
+    # Cut off: no new members on either node, the others stay.
+    for node in (a, b):
+        refused = node.connect_chat()
+        assert refused.line() == "HELLO"
+        refused.send("NICK carol\n")
+        assert refused.line() == UNAVAILABLE
+        refused.close()
+    own_redis.start()
+    say(50)
+    for n in range(150):
+        assert bob.line() == "alice: line %d" % (n,)
+    who(bob, "alice", "bob")  # and nothing doubled before it
+    for node in (a, b):
+        node.log.wait_for(r"redis publish: connected", 10)
+    carol = join(b, "carol")
+    assert alice.line() == "* carol joined"
+    for c in (alice, bob, carol):
+        c.close()
