@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import defer, endpoints, task, threads
+from twisted.internet import defer, task, threads
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
@@ -36,6 +36,7 @@ from mailsvc.core.passwords import Passwords
 from mailsvc.core.room import ChatRoom
 from mailsvc.core.service import SharedService
 from mailsvc.core.throttle import TokenBuckets
+from mailsvc.fronts.proxy import server_endpoint
 from mailsvc.fronts.registry import OFF
 from mailsvc.store import Quotas, open_store, sqlite_path
 
@@ -95,7 +96,7 @@ class FrontListener(StreamServerEndpointService):
     C{port} with the listening port."""
 
     def __init__(self, front, description, factory, reactor):
-        super().__init__(endpoints.serverFromString(reactor, description), factory)
+        super().__init__(server_endpoint(reactor, description), factory)
         # A port that cannot be had fails the start at once, loudly.
         self._raiseSynchronously = True
         self.front = front

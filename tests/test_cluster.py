@@ -8,11 +8,15 @@ C{/who}, whose reply comes after whatever was on its way), and every wait
 has a deadline.
 """
 
+import os
+import re
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from mailsvc.testing.process import TwistdServer
+from mailsvc.testing.process import Client, TwistdServer
 from mailsvc.testing.redis import unique_url
 
 pytestmark = pytest.mark.e2e
@@ -180,3 +184,123 @@ def test_a_redis_restart_under_chat_traffic_loses_and_doubles_no_line(own_redis,
     assert alice.line() == "* carol joined"
     for c in (alice, bob, carol):
         c.close()
+
+
+# Behind haproxy, with the example configuration as it is.
+
+HAPROXY_CFG = Path(__file__).parent.parent / "examples" / "cluster" / "haproxy.cfg"
+PROXIED = "haproxy:tcp:0:interface=127.0.0.1"
+
+
+@pytest.fixture
+def haproxy(tmp_path):
+    """start(nodes): haproxy with examples/cluster/haproxy.cfg in front of
+    two nodes; fire with {front: port} of haproxy's own addresses."""
+    from conftest import require
+
+    binary = require("haproxy", "haproxy")
+    started = []
+
+    def start(a, b):
+        from mailsvc.testing.process import ServerLog
+        from mailsvc.testing.redis import free_port
+
+        ports = {front: free_port() for front in a.ports}
+        env = dict(os.environ, HAPROXY_ADMIN=str(tmp_path / "haproxy.sock"))
+        for front, port in ports.items():
+            env["%s_BIND" % front.upper()] = "127.0.0.1:%d" % (port,)
+            env["NODE_A_%s" % front.upper()] = str(a.ports[front])
+            env["NODE_B_%s" % front.upper()] = str(b.ports[front])
+        process = subprocess.Popen(
+            [binary, "-db", "-f", str(HAPROXY_CFG)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        log = ServerLog(process.stdout, "[haproxy]")
+        started.append((process, log))
+        # haproxy binds its admin socket with its listeners: once that
+        # answers, every front is there (polled, with a deadline).
+        admin = tmp_path / "haproxy.sock"
+        deadline = time.monotonic() + 10
+        while not _answers(admin, "show info\n"):
+            assert process.poll() is None and time.monotonic() < deadline, log.text()
+            time.sleep(0.05)
+        return ports
+
+    yield start
+    for process, log in started:
+        process.terminate()
+        process.wait(10)
+        log.join(10)
+        process.stdout.close()
+        print(log.text())
+
+
+def _answers(path, command):
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(2)
+            s.connect(str(path))
+            s.sendall(command.encode())
+            return bool(s.recv(100))
+    except OSError:
+        return False
+
+
+def admin(path, command):
+    """Send C{command} to haproxy's admin socket; return its answer."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(path))
+        s.sendall(command.encode() + b"\n")
+        answer = b""
+        while True:
+            data = s.recv(4096)
+            if not data:
+                return answer.decode()
+            answer += data
+
+
+def test_two_nodes_behind_haproxy_are_one_server(redis_url, start_node, haproxy, tmp_path):
+    proxied = [arg for front in ("mail", "chat", "irc", "smtp", "pop3")
+               for arg in ("--%s-port" % (front,), PROXIED)]
+    a = start_node(redis_url, "node-a", *proxied)
+    b = start_node(redis_url, "node-b", *proxied)
+    ports = haproxy(a, b)
+    # Drained as operations.md says: the line chat only to node-a, IRC only
+    # to node-b, so the two users are surely on different nodes.
+    assert admin(tmp_path / "haproxy.sock", "disable server chat/node-b").strip() == ""
+    assert admin(tmp_path / "haproxy.sock", "disable server irc/node-a").strip() == ""
+    alice = Client(ports["chat"])
+    assert alice.line() == "HELLO"
+    alice.send("NICK alice\n")
+    assert alice.line() == "READY"
+    bob, _ = irc_join(Through(ports), "bob")
+    assert alice.line() == "* bob joined"
+    alice.send("hi bob\n")
+    assert bob.line() == ":alice!alice@%s PRIVMSG #chat :hi bob" % (S,)
+    bob.send("PRIVMSG #chat :hi alice\r\n")
+    assert alice.line() == "bob: hi alice"
+    who(alice, "alice", "bob")
+    # node-b knows bob by his own address (the PROXY protocol), not haproxy's.
+    peer = "127.0.0.1:%d" % (bob.sock.getsockname()[1],)
+    assert b.log.wait_for(r"IRC client bob registered from %s$" % (re.escape(peer),), 5)
+    assert not a.log.wait_for(r"IRC client bob registered", 0)
+    alice.close()
+    bob.close()
+
+
+class Through:
+    """haproxy's ports, as a node's for L{irc_join}."""
+
+    def __init__(self, ports):
+        self.ports = ports
+
+    def connect(self, front):
+        return Client(self.ports[front])
