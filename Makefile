@@ -28,6 +28,12 @@ run: $(VENV)/.installed
 	@trap : INT; $(BIN)/twistd -n mailsvc $(ARGS); status=$$?; \
 	case $$status in 130|143) exit 0 ;; *) exit $$status ;; esac
 
+# Two nodes, Redis and haproxy in a temporary directory (examples/cluster/run).
+.PHONY: run-cluster
+run-cluster: $(VENV)/.installed
+	@trap : INT; TWISTD=$(BIN)/twistd examples/cluster/run; status=$$?; \
+	case $$status in 130|143) exit 0 ;; *) exit $$status ;; esac
+
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(ARGS)
 	cd examples/chatbot && ../../$(BIN)/python -m twisted.trial test_bot_trial
