@@ -150,7 +150,8 @@ def test_a_node_killed_frees_its_nicknames_within_the_lease(redis_url, start_nod
 
 def test_a_redis_restart_under_chat_traffic_loses_and_doubles_no_line(own_redis, start_node):
     url = unique_url(own_redis.url)
-    fast = ["--flood-burst", 1000, "--flood-rate", 1000]
+    # A lease longer than the restart: nobody seems to leave meanwhile.
+    fast = ["--flood-burst", 1000, "--flood-rate", 1000, "--node-lease", 30]
     a, b = start_node(url, "node-a", *fast), start_node(url, "node-b", *fast)
     alice = join(a, "alice")
     bob = join(b, "bob")

@@ -16,8 +16,8 @@ reconnects, reads what it missed from the stream in order. A node publishes
 through a queue of its own: an event stays queued until Redis acknowledges
 it, and is sent again after a reconnect; a counter per publisher makes the
 script drop what it already has, so nothing is lost or doubled. One
-connection and one script per event keep every sender's lines in the order
-said, everywhere. The room's recent history is a list beside the stream,
+connection keeps every sender's lines in the order said, everywhere; the
+events of one reactor turn go in one script call and one PUBLISH. The room's recent history is a list beside the stream,
 written by the same script, so every node shows a newcomer the same history.
 
 Nicknames (L{RedisPresence}) are a hash, nickname -> "node\\nnick", claimed
@@ -31,6 +31,7 @@ room; on reconnect it claims its members' nicknames again.
 """
 
 import collections
+import itertools
 import os
 from urllib.parse import parse_qs, urlsplit
 
@@ -55,22 +56,37 @@ OUTBOX_LIMIT = 100000
 KEEPALIVE = 5.0
 REPLY_TIMEOUT = 10.0
 
+# One call per reactor turn's events. ARGV: stream length, history length,
+# then counter, said (1/0), payload for each event. Events already stored
+# (counter not above the publisher's last) are skipped; the others are
+# numbered, kept, and published as one message: "<first seq>\n<payload>\n...".
 PUBLISH = """
-local counter = tonumber(ARGV[2])
-if counter <= tonumber(redis.call('GET', KEYS[5]) or '0') then return 0 end
-redis.call('SET', KEYS[5], counter, 'EX', 86400)
-local seq = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '0-' .. seq, 'e', ARGV[1])
-if ARGV[5] == '1' then
-  local keep = tonumber(ARGV[4])
-  if keep > 0 then
-    redis.call('RPUSH', KEYS[4], ARGV[1])
-    redis.call('LTRIM', KEYS[4], -keep, -1)
+local last = tonumber(redis.call('GET', KEYS[5]) or '0')
+local keep = tonumber(ARGV[2])
+local first, out = nil, {}
+for i = 3, #ARGV, 3 do
+  local counter = tonumber(ARGV[i])
+  if counter > last then
+    last = counter
+    local seq = redis.call('INCR', KEYS[1])
+    first = first or seq
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '0-' .. seq, 'e', ARGV[i + 2])
+    if ARGV[i + 1] == '1' and keep > 0 then
+      redis.call('RPUSH', KEYS[4], ARGV[i + 2])
+    end
+    out[#out + 1] = ARGV[i + 2]
   end
 end
-redis.call('PUBLISH', KEYS[3], seq .. ' ' .. ARGV[1])
-return seq
+if first then
+  redis.call('SET', KEYS[5], last, 'EX', 86400)
+  if keep > 0 then redis.call('LTRIM', KEYS[4], -keep, -1) end
+  redis.call('PUBLISH', KEYS[3], first .. '\\n' .. table.concat(out, '\\n'))
+end
+return last
 """
+
+# Events in one PUBLISH call at most (a reconnect resends the queue in these).
+BATCH = 1000
 
 # Where a subscriber stands: the epoch (a new one when Redis lost its data),
 # the last number, the history, and what it missed since ARGV[3].
@@ -211,7 +227,38 @@ class _Factory(protocol.Factory):
         self.log.error("redis: {message}", message=message)
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
+class _AllRepliesAtOnce:
+    """
+    txredisapi reads what follows each bulk reply in a later reactor turn
+    (C{setLineMode} pauses the transport and calls itself back with
+    C{callLater(0)}): one published event a turn, two C{epoll_ctl} calls each,
+    and every fan-out its own C{send()} per member. Measured (bench/cluster.py)
+    that capped one node on Redis at a quarter of the local bus. Here what
+    follows is read in the same loop, so the events of one read share a turn
+    and the coalescer's C{send()}s.
+    """
+
+    _carry = None
+
+    def setLineMode(self, extra=b""):
+        self.line_mode = 1
+        if extra:
+            self._carry = extra
+
+    def dataReceived(self, data, unpause=False):
+        while True:
+            self._carry = None
+            super().dataReceived(data)
+            if self._carry is None or self.transport is None or self.transport.disconnecting:
+                return
+            data = self._carry
+
+
+class _Publisher(_AllRepliesAtOnce, txredisapi.RedisProtocol):
+    pass
+
+
+class _Subscriber(_AllRepliesAtOnce, txredisapi.SubscriberProtocol):
     heard = None  # set by the link: heard(channel, message)
 
     def messageReceived(self, pattern, channel, message):
@@ -313,8 +360,10 @@ class RedisBus(service.MultiService):
         self.history = history
         self.keys = _Keys(prefix)
         self._subscribers = []
-        # Events not yet acknowledged by Redis: (counter, payload, said).
+        # Events not yet acknowledged by Redis: (counter, said "1" or "0", payload).
         self._outbox = collections.deque()
+        self._unsent = 0  # how many of the queue's first events were sent on this connection
+        self._flush_call = None
         self._publisher = "%s-%s" % (node, os.urandom(6).hex())
         self._counter = 0
         # Where this node stands in the room's sequence.
@@ -325,7 +374,7 @@ class RedisBus(service.MultiService):
         self._pending = {}  # seq -> payload heard while not synced
         self.ready = defer.Deferred()  # fires once first in step with the room
         self._publish_link = _Link(
-            reactor, host, port, db, txredisapi.RedisProtocol, self._publisher_ready,
+            reactor, host, port, db, _Publisher, self._publisher_ready,
             self._publisher_lost, "publish",
         )
         self._subscribe_link = _Link(
@@ -344,6 +393,7 @@ class RedisBus(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):
         self.presence.stop()
+        self._flush()  # the last turn's events, now
         yield self._flushed(timeout=5.0)
         yield self.presence.deregister()
         yield super().stopService()
@@ -360,30 +410,49 @@ class RedisBus(service.MultiService):
 
     def publish(self, message):
         self._counter += 1
-        entry = (self._counter, to_wire(message), isinstance(message, Said))
+        entry = (self._counter, "1" if isinstance(message, Said) else "0", to_wire(message))
         if len(self._outbox) >= OUTBOX_LIMIT:
             self.log.error("node {node}: cut off too long; dropping an event", node=self.node)
             self._outbox.popleft()
+            self._unsent = max(0, self._unsent - 1)
         self._outbox.append(entry)
-        connection = self._publish_link.protocol
-        if connection is not None:
-            self._send(connection, entry)
+        if self._flush_call is None and self._publish_link.protocol is not None:
+            # What this reactor turn publishes goes in one call: at 10k lines
+            # a second, one EVALSHA per line cost more than the rest of a
+            # line's way (bench/cluster.py).
+            self._flush_call = self.reactor.callLater(0, self._flush)
 
     # Publishing
 
-    def _send(self, connection, entry):
-        counter, payload, said = entry
+    def _flush(self):
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        connection = self._publish_link.protocol
+        if connection is None:
+            return
+        while self._unsent < len(self._outbox):
+            batch = list(itertools.islice(self._outbox, self._unsent, self._unsent + BATCH))
+            self._unsent += len(batch)
+            self._send(connection, batch)
+
+    def _send(self, connection, batch):
         keys = self.keys
+        args = [STREAM_LENGTH, self.history]
+        for entry in batch:
+            args.extend(entry)
         d = connection.eval(
             PUBLISH,
             [keys.seq, keys.stream, keys.channel, keys.history, keys.sent(self._publisher)],
-            [payload, counter, STREAM_LENGTH, self.history, "1" if said else "0"],
+            args,
         )
-        d.addCallbacks(lambda _: self._acknowledged(counter), self._send_failed)
+        last = batch[-1][0]
+        d.addCallbacks(lambda _: self._acknowledged(last), self._send_failed)
 
     def _acknowledged(self, counter):
         while self._outbox and self._outbox[0][0] <= counter:
             self._outbox.popleft()
+            self._unsent -= 1
 
     def _send_failed(self, failure):
         # A lost connection: the event stays queued and goes again.
@@ -410,8 +479,9 @@ class RedisBus(service.MultiService):
         return d
 
     def _publisher_ready(self, connection):
-        for entry in list(self._outbox):
-            self._send(connection, entry)
+        # Whatever was not acknowledged goes again; the script skips what it has.
+        self._unsent = 0
+        self._flush()
         d = self.presence.register(connection)
         d.addCallback(lambda _: self._sync())
         return d
@@ -431,17 +501,18 @@ class RedisBus(service.MultiService):
         self._synced = False
 
     def _heard(self, message):
-        seq_text, _, payload = message.partition(" ")
-        seq = int(seq_text)
-        if not self._synced:
-            self._pending[seq] = payload
-        elif seq == self._last + 1:
-            self._deliver(seq, payload)
-        elif seq > self._last + 1:  # a gap: read the stream
-            self._pending[seq] = payload
-            self._synced = False
-            self._sync()
-        # else: already delivered (heard again after a resync)
+        first, *payloads = message.split("\n")
+        first = int(first)
+        for seq, payload in enumerate(payloads, first):
+            if not self._synced:
+                self._pending[seq] = payload
+            elif seq == self._last + 1:
+                self._deliver(seq, payload)
+            elif seq > self._last + 1:  # a gap: read the stream
+                self._pending[seq] = payload
+                self._synced = False
+                self._sync()
+            # else: already delivered (heard again after a resync)
 
     def _sync(self):
         connection = self._publish_link.protocol
@@ -670,7 +741,8 @@ class RedisPresence:
         if connection is None:
             return  # register() forgets it on reconnect
         keys = self.keys
-        connection.eval(
+        # Fired once Redis has it (tests wait for that; the room does not).
+        return connection.eval(
             RELEASE, [keys.nicks, keys.members(self.node)], [self.node, folded]
         ).addErrback(self._failed, "releasing a nickname")
 
