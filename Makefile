@@ -60,3 +60,13 @@ bench:
 	        gcc -O2 -Wall -o bench/build/$$c bench/$$c.c; fi; done; \
 	.venv/bin/python bench/run.py --server-python $(BIN)/python \
 	    $(if $(filter-out 0,$(BENCH_QUICK)),--quick)
+
+# make bench-cluster [BENCH_QUICK=1]: the chat across nodes (bench/cluster.py):
+# its own redis-server, one and two nodes; figures in docs/performance.md.
+.PHONY: bench-cluster
+bench-cluster: $(VENV)/.installed
+	@command -v redis-server >/dev/null || { echo "bench-cluster: redis-server is needed"; exit 1; }
+	@mkdir -p bench/build
+	@if [ ! bench/build/loadgen -nt bench/loadgen.c ]; then gcc -O2 -Wall -o bench/build/loadgen bench/loadgen.c; fi
+	$(BIN)/python bench/cluster.py --server-python $(BIN)/python \
+	    $(if $(filter-out 0,$(BENCH_QUICK)),--quick)

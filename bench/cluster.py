@@ -15,6 +15,7 @@ limits each figure.
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -100,6 +101,9 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--label", default="cpython")
     args = parser.parse_args()
+    # Absolute, not resolved: the servers run in directories of their own, and
+    # the venv's python is a symbolic link that must stay the venv's.
+    args.server_python = os.path.abspath(args.server_python)
     raise_nofile()
     cores = Cores()
     work = HERE / "build" / "cluster"

@@ -9,16 +9,17 @@ resynchronises before it is used.
 
 Why a sequence and a stream, not plain pub/sub (Centrifugo's model): pub/sub
 delivers only to whoever is connected at that instant, so a node that
-reconnects would miss what was said meanwhile. One Lua script per event
-numbers it (INCR), appends it to a capped stream (XADD MAXLEN ~) and
+reconnects would miss what was said meanwhile. One Lua script call numbers
+each event (INCR), appends it to a capped stream (XADD MAXLEN ~) and
 publishes it with its number, atomically; a subscriber that sees a gap, or
 reconnects, reads what it missed from the stream in order. A node publishes
 through a queue of its own: an event stays queued until Redis acknowledges
 it, and is sent again after a reconnect; a counter per publisher makes the
 script drop what it already has, so nothing is lost or doubled. One
 connection keeps every sender's lines in the order said, everywhere; the
-events of one reactor turn go in one script call and one PUBLISH. The room's recent history is a list beside the stream,
-written by the same script, so every node shows a newcomer the same history.
+events of one reactor turn go in one script call and one PUBLISH. The
+room's recent history is a list beside the stream, written by the same
+script, so every node shows a newcomer the same history.
 
 Nicknames (L{RedisPresence}) are a hash, nickname -> "node\\nnick", claimed
 with HSETNX in a script; each node holds a lease (a sorted set of node ->
