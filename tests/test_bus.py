@@ -307,3 +307,29 @@ async def _until_available(bus):
 
     while not (bus.available() and bus.presence._registered):
         await deferLater(reactor, 0.05, lambda: None)
+
+
+# A node cut off from the others refuses new members in each front's words.
+
+
+class CutOff(LocalPresence):
+    def claim(self, nick):
+        return defer.fail(errors.ChatUnavailable())
+
+
+def test_a_cut_off_node_refuses_joins_in_each_fronts_words(service, clock):
+    from mailsvc.fronts.chat import ChatFactory
+    from mailsvc.fronts.irc import IRCFactory
+    from wire import Wire
+
+    service.room.presence = CutOff()
+    chat = Wire(ChatFactory(service, clock=clock))
+    assert chat.replies() == ["HELLO"]
+    assert chat("NICK alice") == [
+        "RETRY the chat is unavailable on this server for now: try again shortly"
+    ]
+    irc = Wire(IRCFactory(service, clock=clock))
+    irc("NICK bob")
+    assert irc("USER bob 0 * :Bob") == [
+        ":mailsvc 263 * NICK :the chat is unavailable on this server for now: try again shortly"
+    ]
