@@ -148,32 +148,26 @@ def main():
             )
         finally:
             a.stop()
-        # 3. Two nodes, one per core, the clients half on each; then a line
+        # 3. Two nodes, one per core, the clients half on each; then, on
+        # fresh nodes (the last run's members may still be leaving), a line
         # crossing from node A to node B at 10k lines a second.
-        bus = redis.url + "?prefix=bench-two:"
-        a = node(args.server_python, work / "a", cores, "server", bus, "node-a").start()
-        b = node(args.server_python, work / "b", cores, "generator", bus, "node-b").start()
-        try:
-            pids = [a.pid, b.pid, redis.process.pid]
-            ports = [a.ports["chat"], b.ports["chat"]]
-            record("two nodes, redis bus", loadgen(cores, ports, pids, **saturated),
-                   ["node-a", "node-b", "redis"])  # fmt: skip
-        finally:
-            a.stop()
-            b.stop()
-        # Fresh nodes: the last run's members may still be leaving.
-        bus = redis.url + "?prefix=bench-cross:"
-        a = node(args.server_python, work / "a2", cores, "server", bus, "node-a").start()
-        b = node(args.server_python, work / "b2", cores, "generator", bus, "node-b").start()
-        try:
-            pids = [a.pid, b.pid, redis.process.pid]
-            ports = [a.ports["chat"], b.ports["chat"]]
-            crossing = dict(conns=2, senders=1, rate=10000, cross=True, **dict(timing, duration=5.0))
-            record("a line A -> B at 10k lines/s", loadgen(cores, ports, pids, **crossing),
-                   ["node-a", "node-b", "redis"])  # fmt: skip
-        finally:
-            a.stop()
-            b.stop()
+        crossing = dict(conns=2, senders=1, rate=10000, cross=True, **dict(timing, duration=5.0))
+        for scenario, options in (
+            ("two nodes, redis bus", saturated),
+            ("a line A -> B at 10k lines/s", crossing),
+        ):
+            bus = redis.url + "?prefix=bench-%d:" % (len(results["runs"]),)
+            where = work / str(len(results["runs"]))
+            a = node(args.server_python, where / "a", cores, "server", bus, "node-a").start()
+            b = node(args.server_python, where / "b", cores, "generator", bus, "node-b").start()
+            try:
+                pids = [a.pid, b.pid, redis.process.pid]
+                ports = [a.ports["chat"], b.ports["chat"]]
+                record(scenario, loadgen(cores, ports, pids, **options),
+                       ["node-a", "node-b", "redis"])  # fmt: skip
+            finally:
+                a.stop()
+                b.stop()
     finally:
         redis.stop()
     out = HERE / "results" / ("cluster-%s%s.json" % (args.label, "-quick" if args.quick else ""))

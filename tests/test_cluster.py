@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from mailsvc.testing.process import Client, TwistdServer
+from conftest import require
+from mailsvc.testing.process import Client
 from mailsvc.testing.redis import unique_url
+from test_e2e_chat import join, who
+from test_irc_e2e import read_until
 
 pytestmark = pytest.mark.e2e
 
@@ -27,39 +30,16 @@ S = "mailsvc"
 
 
 @pytest.fixture
-def start_node(tmp_path):
-    """start_node(url, name): a node of the cluster on Redis C{url}."""
-    nodes = []
+def start_node(mailsvc_process):
+    """start_node(url, name, *options): a node of the cluster on Redis C{url},
+    in a directory of its own (its own SQLite file and chat log)."""
 
     def start(url, name, *extra):
-        directory = tmp_path / name
-        directory.mkdir()
-        node = TwistdServer(
-            directory,
-            extra=["--bus", url, "--node", name, "--node-lease", LEASE, *extra],
+        return mailsvc_process(
+            "--bus", url, "--node", name, "--node-lease", LEASE, *extra, fresh=True
         )
-        nodes.append(node)
-        return node.start()
 
-    yield start
-    for node in nodes:
-        node.close()
-    problems = [line for node in nodes for line in node.problems()]
-    if problems:
-        pytest.fail("a node logged errors:\n" + "\n".join(problems))
-
-
-def join(node, nick):
-    c = node.connect_chat()
-    assert c.line() == "HELLO"
-    c.send("NICK %s\n" % (nick,))
-    assert c.line() == "READY"
-    return c
-
-
-def who(c, *nicks):
-    c.send("/who\n")
-    assert c.line() == "* here: " + ", ".join(nicks)
+    return start
 
 
 def irc_join(node, nick):
@@ -68,16 +48,6 @@ def irc_join(node, nick):
     read_until(c, "376")
     c.send("JOIN #chat\r\n")
     return c, read_until(c, "366")
-
-
-def read_until(c, numeric):
-    lines = []
-    while True:
-        line = c.line()
-        lines.append(line)
-        parts = line.split()
-        if len(parts) > 1 and parts[1] == numeric:
-            return lines
 
 
 def test_line_chat_on_one_node_and_irc_on_another_are_one_room(redis_url, start_node):
@@ -197,8 +167,6 @@ PROXIED = "haproxy:tcp:0:interface=127.0.0.1"
 def haproxy(tmp_path):
     """start(nodes): haproxy with examples/cluster/haproxy.cfg in front of
     two nodes; fire with {front: port} of haproxy's own addresses."""
-    from conftest import require
-
     binary = require("haproxy", "haproxy")
     started = []
 

@@ -180,6 +180,7 @@ LIMITS = [
     "chat-log-keep",
     "irc-ping-interval",
     "irc-ping-timeout",
+    "node-lease",
 ]
 
 
