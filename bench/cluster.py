@@ -128,7 +128,9 @@ def main():
 
     redis = Redis(work / "redis").start()
     try:
-        saturated = dict(conns=clients, senders=10, window=4, **timing)
+        # 16 in flight per sender: with two hops more (Redis, the other node) 4
+        # leave a node idle between round trips.
+        saturated = dict(conns=clients, senders=10, window=16, **timing)
         # 1. One node, the local bus (today's default).
         a = node(args.server_python, work / "local", cores, "server", "local", "node-a").start()
         try:

@@ -309,6 +309,9 @@ class _Link(service.Service):
         made = getattr(proxy, "_protocol", proxy)
 
         def connected(_):
+            # Nagle's algorithm would hold a turn's call until the last one's
+            # reply came back: 40 ms stalls under load (bench/cluster.py).
+            made.transport.setTcpNoDelay(True)
             made.whenDisconnected().addCallback(self._disconnected)
             self.protocol = made
             return self._prepare_made(made)
