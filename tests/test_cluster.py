@@ -273,3 +273,23 @@ class Through:
 
     def connect(self, front):
         return Client(self.ports[front])
+
+
+def test_the_new_mail_notice_reaches_its_holder_on_another_node(redis_url, start_node, tmp_path):
+    # One SQLite file for both (WAL lets two processes share it; the
+    # PostgreSQL store is what a real cluster shares): mail sent on node A,
+    # the account's holder in the chat of node B.
+    shared = tmp_path / "shared.sqlite"
+    a = start_node(redis_url, "node-a", "--db", shared)
+    b = start_node(redis_url, "node-b", "--db", shared)
+    mail = a.connect()
+    assert mail("REGISTER erin secret")[0].startswith("OK")
+    cookie = mail("REGISTER frank secret")[0].split()[-1]
+    erin = b.connect_chat()
+    assert erin.line() == "HELLO"
+    erin.send("NICK erin secret\n")
+    assert erin.line() == "READY"
+    assert mail("SEND erin lunch? %s\nat noon\n." % (cookie,))[0].startswith("OK")
+    assert erin.line() == "* new mail from frank: lunch?"
+    mail.close()
+    erin.close()
