@@ -6,6 +6,7 @@ import pytest
 from conftest import fired
 from mailsvc import errors
 from mailsvc.bus.local import LocalBus, LocalPresence
+from mailsvc.bus.redis import RedisPresence
 from mailsvc.core import events
 from mailsvc.core.passwords import Passwords
 from mailsvc.core.room import ChatRoom
@@ -202,6 +203,9 @@ async def test_a_nickname_is_held_once_across_nodes(cluster):
     with pytest.raises(errors.NickTaken):
         await within(b.claim("alice"))
     assert await within(b.holds("ALICE")) is True
+    # Where: the node's name across nodes, nothing to tell on one.
+    assert await within(b.where("ALICE")) in ({None}, {"node-a"})[isinstance(b, RedisPresence)]
+    assert await within(b.where("nobody")) is None
     assert await within(b.claim("bob")) is None
     assert await within(a.who()) == ["Alice", "bob"]
     assert await within(b.who()) == ["Alice", "bob"]

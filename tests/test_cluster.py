@@ -58,6 +58,9 @@ def test_line_chat_on_one_node_and_irc_on_another_are_one_room(redis_url, start_
     assert names and names[0].endswith(":ircuser netcat")
     assert nc.line() == "* ircuser joined"
     who(nc, "ircuser", "netcat")
+    # WHOIS tells the node each is on, as IRC's server of a user.
+    irc.send("WHOIS netcat\r\n")
+    assert read_until(irc, "318")[1] == ":%s 312 ircuser netcat node-a :mailsvc" % (S,)
     # Both ways, in the order said.
     for n in range(15):
         nc.send("line %d from a\n" % (n,))

@@ -191,6 +191,12 @@ return 1
 """
 
 
+def _call(method, *args):
+    """C{method(*args)} as a Deferred: txredisapi raises ConnectionError at
+    once on a connection it knows is closed, rather than failing a Deferred."""
+    return defer.maybeDeferred(method, *args)
+
+
 def parse_url(url):
     """C{redis://host[:port][/db][?prefix=...]} as C{(host, port, db, prefix)}.
     ValueError for anything else."""
@@ -321,7 +327,9 @@ class _Link(service.Service):
             if made.transport is not None:
                 made.transport.abortConnection()
             if not failure.check(txredisapi.ConnectionError):
-                self.log.failure("redis {name}: preparing a connection failed", failure, name=self.name)
+                self.log.failure(
+                    "redis {name}: preparing a connection failed", failure, name=self.name
+                )
             return failure
 
         if not self._was_up:
@@ -445,7 +453,7 @@ class RedisBus(service.MultiService):
         args = [STREAM_LENGTH, self.history]
         for entry in batch:
             args.extend(entry)
-        d = connection.eval(
+        d = _call(connection.eval,
             PUBLISH,
             [keys.seq, keys.stream, keys.channel, keys.history, keys.sent(self._publisher)],
             args,
@@ -497,7 +505,7 @@ class RedisBus(service.MultiService):
 
     def _subscriber_ready(self, connection):
         connection.heard = self._heard
-        d = connection.subscribe(self.keys.channel)
+        d = _call(connection.subscribe, self.keys.channel)
         d.addCallback(lambda _: self._sync())
         return d
 
@@ -526,7 +534,7 @@ class RedisBus(service.MultiService):
             return
         self._syncing = True
         keys = self.keys
-        d = connection.eval(
+        d = _call(connection.eval,
             SYNC,
             [keys.epoch, keys.seq, keys.history, keys.stream],
             [os.urandom(8).hex(), self._epoch, self._last],
@@ -656,7 +664,9 @@ class RedisPresence:
         for folded, nick in self._mine.items():
             args += [folded, nick]
         keys = self.keys
-        d = connection.eval(REGISTER, [keys.nicks, keys.members(self.node), keys.leases], args)
+        d = _call(
+            connection.eval, REGISTER, [keys.nicks, keys.members(self.node), keys.leases], args
+        )
 
         def registered(result):
             regained, lost = result
@@ -679,7 +689,7 @@ class RedisPresence:
         if connection is None:
             return defer.succeed(None)
         keys = self.keys
-        d = connection.eval(
+        d = _call(connection.eval,
             DEREGISTER, [keys.nicks, keys.members(self.node), keys.leases], [self.node]
         )
         return d.addErrback(lambda f: self.log.failure("leaving redis", f))
@@ -689,7 +699,7 @@ class RedisPresence:
         if connection is None or not self._registered:
             return
         keys = self.keys
-        d = connection.eval(
+        d = _call(connection.eval,
             RENEW, [keys.leases, keys.nicks], [self.node, self._lease_ms(), keys.members_prefix]
         )
 
@@ -717,7 +727,7 @@ class RedisPresence:
             return defer.fail()
         folded = fold(nick)
         keys = self.keys
-        d = connection.eval(
+        d = _call(connection.eval,
             CLAIM, [keys.nicks, keys.members(self.node), keys.leases], [self.node, folded, nick]
         )
 
@@ -746,7 +756,7 @@ class RedisPresence:
             return  # register() forgets it on reconnect
         keys = self.keys
         # Fired once Redis has it (tests wait for that; the room does not).
-        return connection.eval(
+        return _call(connection.eval,
             RELEASE, [keys.nicks, keys.members(self.node)], [self.node, folded]
         ).addErrback(self._failed, "releasing a nickname")
 
@@ -755,7 +765,7 @@ class RedisPresence:
             connection = self._connection()
         except errors.ChatUnavailable:
             return defer.fail()
-        d = connection.execute_command("HEXISTS", self.keys.nicks, fold(nick))
+        d = _call(connection.execute_command, "HEXISTS", self.keys.nicks, fold(nick))
         return d.addCallbacks(lambda n: bool(int(n)), self._unavailable)
 
     def who(self):
@@ -763,7 +773,17 @@ class RedisPresence:
             connection = self._connection()
         except errors.ChatUnavailable:
             return defer.fail()
-        d = connection.execute_command("HVALS", self.keys.nicks)
+        d = _call(connection.execute_command, "HVALS", self.keys.nicks)
         return d.addCallbacks(
             lambda held: sorted(value.partition("\n")[2] for value in held), self._unavailable
+        )
+
+    def where(self, nick):
+        try:
+            connection = self._connection()
+        except errors.ChatUnavailable:
+            return defer.fail()
+        d = _call(connection.execute_command, "HGET", self.keys.nicks, fold(nick))
+        return d.addCallbacks(
+            lambda held: held.partition("\n")[0] if held else None, self._unavailable
         )

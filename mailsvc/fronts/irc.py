@@ -741,20 +741,25 @@ class IRCProtocol(RoomMember, TextLineProtocol):
         self.need(params, 1, "WHOIS")
         nick = params[-1]
 
-        def found(held):
-            if not held:
+        def found(node):
+            if node is False:
                 return [
                     self.numeric("401", nick, "No such nick/channel"),
                     self.numeric("318", nick, "End of /WHOIS list"),
                 ]
             return [
                 self.numeric("311", nick, nick, self.server, "*", nick),
-                self.numeric("312", nick, self.server, self.factory.network),
+                # Across nodes, the node it is on (--node) as its server.
+                self.numeric("312", nick, node or self.server, self.factory.network),
                 self.numeric("319", nick, self.factory.channel),
                 self.numeric("318", nick, "End of /WHOIS list"),
             ]
 
-        return self.service.room.presence.holds(nick).addCallback(found)
+        presence = self.service.room.presence
+        d = presence.holds(nick).addCallback(
+            lambda held: presence.where(nick) if held else False
+        )
+        return d.addCallback(found)
 
     def irc_ISON(self, params):
         asked = " ".join(params).split()
