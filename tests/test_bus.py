@@ -337,3 +337,14 @@ def test_a_cut_off_node_refuses_joins_in_each_fronts_words(service, clock):
     assert irc("USER bob 0 * :Bob") == [
         ":mailsvc 263 * NICK :the chat is unavailable on this server for now: try again shortly"
     ]
+
+
+def test_a_member_is_not_told_that_it_left():
+    # As when another node reaped this one's lease while it was cut off.
+    room = ChatRoom()
+    alice, bob = Participant(), Participant()
+    fired(room.join(alice, "alice"))
+    fired(room.join(bob, "bob"))
+    alice.take()
+    room.bus.publish(events.Left("alice"))
+    assert alice.take() == [] and bob.take() == ["* alice left"]

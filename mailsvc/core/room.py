@@ -202,7 +202,10 @@ class ChatRoom:
 
     def _left(self, event):
         if not self.closing:
-            self._broadcast(event)
+            # A member still here under that nickname is not told it left:
+            # another node reaped this one's lease while it was cut off from
+            # Redis, and it claims its members' nicknames again.
+            self._broadcast(event, self._members.get(fold(event.nick)))
         if self._chat_log:
             self._chat_log.left(event.nick)
 
