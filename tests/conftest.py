@@ -105,27 +105,6 @@ def server(mailsvc_process):
     return mailsvc_process()
 
 
-def require(command, package):
-    """
-    The path of C{command}, a real client from Debian's C{package}. Missing, the
-    test is skipped with how to install it, except in CI (CI=true), where
-    .ci/run installs what .ci/packages lists and a missing tool is a failure.
-    """
-    import os
-    import shutil
-
-    path = shutil.which(command)
-    if path is None:
-        message = "%s is not installed: apt-get install %s (listed in .ci/packages)" % (
-            command,
-            package,
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
 # Redis, for the bus across nodes (mailsvc.testing.redis).
 
 
@@ -177,3 +156,25 @@ def shutil_which(command):
     import shutil
 
     return shutil.which(command)
+
+
+def require(command, package):
+    """
+    The path of C{command}, a real client from Debian's C{package}. Missing, the
+    test is skipped with how to install it, except in CI (CI=true), where
+    .ci/run installs what .ci/packages lists and a missing tool is a failure.
+    """
+    import os
+    import shutil
+
+    path = shutil.which(command)
+    if path is None:
+        message = "%s is not installed: apt-get install %s (listed in .ci/packages)" % (
+            command,
+            package,
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+

@@ -296,3 +296,75 @@ def test_the_new_mail_notice_reaches_its_holder_on_another_node(redis_url, start
     assert erin.line() == "* new mail from frank: lunch?"
     mail.close()
     erin.close()
+
+
+# The issue's must-show, on one PostgreSQL database and one Redis, behind haproxy.
+
+
+def test_two_nodes_behind_haproxy_share_the_chat_and_the_mail(
+    redis_url, mailsvc_process, haproxy, tmp_path, request
+):
+    try:
+        postgres_url = request.getfixturevalue("postgres_url")
+    except pytest.FixtureLookupError:
+        # Checked on a trial merge with branch i14-pg; runs once it is merged.
+        pytest.skip("needs the PostgreSQL store (issue 14, branch i14-pg), not merged here")
+    proxied = [arg for front in ("mail", "chat", "irc", "smtp", "pop3")
+               for arg in ("--%s-port" % (front,), PROXIED)]
+
+    def node(name):
+        return mailsvc_process(
+            "--bus", redis_url, "--node", name, "--node-lease", LEASE, *proxied,
+            fresh=True, db=postgres_url,
+        )  # fmt: skip
+
+    a, b = node("node-a"), node("node-b")
+    ports = haproxy(a, b)
+    socket_path = tmp_path / "haproxy.sock"
+    # The line chat and the mail port to node A, IRC to node B.
+    for command in ("disable server chat/node-b", "disable server mail/node-b",
+                    "disable server irc/node-a"):
+        assert admin(socket_path, command).strip() == ""
+    nc = Client(ports["chat"])
+    assert nc.line() == "HELLO"
+    nc.send("NICK netcat\n")
+    assert nc.line() == "READY"
+    irc, _ = irc_join(Through(ports), "ircuser")
+    assert nc.line() == "* ircuser joined"
+    nc.send("hello from A\n")
+    assert irc.line() == ":netcat!netcat@%s PRIVMSG #chat :hello from A" % (S,)
+    irc.send("PRIVMSG #chat :hello from B\r\n")
+    assert nc.line() == "ircuser: hello from B"
+    # Mail sent through A ...
+    mail = Client(ports["mail"])
+    erin = mail("REGISTER erin secret")[0].split()[-1]
+    frank = mail("REGISTER frank secret")[0].split()[-1]
+    acknowledged = []
+    for n in range(20):
+        [reply] = mail("SEND erin note-%d %s\nbody %d\n." % (n, frank, n))
+        assert reply.startswith("OK "), reply
+        acknowledged.append(int(reply[3:]))
+    mail.close()
+    # ... is read through B.
+    assert admin(socket_path, "enable server mail/node-b").strip() == ""
+    assert admin(socket_path, "disable server mail/node-a").strip() == ""
+    on_b = Client(ports["mail"])
+    assert on_b("COUNT " + erin) == ["COUNTED 20"]
+    # kill -9 of A: its nicknames are free within the lease, the IRC user on
+    # B sees netcat leave, and nothing A acknowledged is lost.
+    a.kill()
+    killed = time.monotonic()
+    assert irc.line() == ":netcat!netcat@%s PART #chat :left" % (S,)
+    assert time.monotonic() - killed <= LEASE
+    listing = on_b("LIST " + erin)
+    assert listing[0] == "OK 20 messages"
+    assert [int(line.split()[0]) for line in listing[1:-1]] == acknowledged
+    # Drained by hand rather than waiting for haproxy's checks to find A gone.
+    assert admin(socket_path, "enable server chat/node-b").strip() == ""
+    assert admin(socket_path, "disable server chat/node-a").strip() == ""
+    again = Client(ports["chat"])
+    assert again.line() == "HELLO"
+    again.send("NICK netcat\n")
+    assert again.line() == "READY"
+    for c in (nc, irc, on_b, again):
+        c.close()
