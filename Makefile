@@ -28,6 +28,12 @@ run: $(VENV)/.installed
 	@trap : INT; $(BIN)/twistd -n mailsvc $(ARGS); status=$$?; \
 	case $$status in 130|143) exit 0 ;; *) exit $$status ;; esac
 
+# Two nodes, Redis and haproxy in a temporary directory (examples/cluster/run).
+.PHONY: run-cluster
+run-cluster: $(VENV)/.installed
+	@trap : INT; TWISTD=$(BIN)/twistd examples/cluster/run; status=$$?; \
+	case $$status in 130|143) exit 0 ;; *) exit $$status ;; esac
+
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(ARGS)
 	cd examples/chatbot && ../../$(BIN)/python -m twisted.trial test_bot_trial
@@ -64,4 +70,14 @@ bench-mailclients:
 	$(MAKE) --no-print-directory $(VENV)/.installed; \
 	$(MAKE) --no-print-directory .venv/.installed PYTHON=python3 VENV=.venv; \
 	.venv/bin/python bench/mailclients.py --server-python $(BIN)/python \
+	    $(if $(filter-out 0,$(BENCH_QUICK)),--quick)
+
+# make bench-cluster [BENCH_QUICK=1]: the chat across nodes (bench/cluster.py):
+# its own redis-server, one and two nodes; figures in docs/performance.md.
+.PHONY: bench-cluster
+bench-cluster: $(VENV)/.installed
+	@command -v redis-server >/dev/null || { echo "bench-cluster: redis-server is needed"; exit 1; }
+	@mkdir -p bench/build
+	@if [ ! bench/build/loadgen -nt bench/loadgen.c ]; then gcc -O2 -Wall -o bench/build/loadgen bench/loadgen.c; fi
+	$(BIN)/python bench/cluster.py --server-python $(BIN)/python \
 	    $(if $(filter-out 0,$(BENCH_QUICK)),--quick)

@@ -52,6 +52,10 @@
 
 static const char *mode = NULL;
 static int port = 0;
+static int port2 = 0; /* chat: a second node; odd connections go there */
+static int cross = 0; /* with --port2: every receiver there, every sender on --port */
+static int extra_pids[4]; /* processes whose CPU the window also reports (redis, node 2) */
+static int n_extra = 0;
 static int nconns = 0;
 static int senders = 10;
 static int window = 4;
@@ -229,7 +233,7 @@ typedef struct {
 
 static conn_t *conns;
 static int epfd;
-static struct sockaddr_in target, irc_target;
+static struct sockaddr_in target, irc_target, target2;
 static int setting_up = 0, up = 0, failed = 0, next_to_open = 0;
 static int closed_by_server = 0;
 
@@ -265,7 +269,9 @@ static void open_conn(int idx) {
     setting_up++;
     struct epoll_event e = {.events = EPOLLOUT, .data.u32 = (uint32_t)idx};
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &e) < 0) die("epoll_ctl: %s", strerror(errno));
-    struct sockaddr_in *to = c->irc && dialect == D_MIXED ? &irc_target : &target;
+    int second = port2 && (cross ? idx >= senders : idx % 2);
+    struct sockaddr_in *to = c->irc && dialect == D_MIXED ? &irc_target
+                             : second ? &target2 : &target;
     if (connect(fd, (struct sockaddr *)to, sizeof *to) < 0 && errno != EINPROGRESS)
         fail_conn(idx, strerror(errno));
 }
@@ -725,6 +731,9 @@ static char *unescape(const char *s, size_t *len) {
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen chat|mail|idle --port P --conns N [options]\n"
+            "  chat on two nodes: --port2 P2 (every other connection) [--cross: senders on P,"
+            " receivers on P2]\n"
+            "  --extra-pid PID (up to 4): CPU of other processes over the window\n"
             "  chat: --senders S --window W | --rate DELIVERIES_PER_S, --size BYTES\n"
             "        [--dialect line|irc|mixed] [--irc-port P (mixed)]\n"
             "  mail: --request 'COUNT cookie\\n' --depth D --reply-lines K\n"
@@ -742,6 +751,12 @@ int main(int argc, char **argv) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define OPT(name) (strcmp(a, name) == 0 && v && ++i)
         if (OPT("--port")) port = atoi(v);
+        else if (OPT("--port2")) port2 = atoi(v);
+        else if (strcmp(a, "--cross") == 0) cross = 1;
+        else if (OPT("--extra-pid")) {
+            if (n_extra == 4) die("at most 4 --extra-pid");
+            extra_pids[n_extra++] = atoi(v);
+        }
         else if (OPT("--conns")) nconns = atoi(v);
         else if (OPT("--senders")) senders = atoi(v);
         else if (OPT("--window")) window = atoi(v);
@@ -801,6 +816,8 @@ int main(int argc, char **argv) {
     target.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     irc_target = target;
     irc_target.sin_port = htons(irc_port);
+    target2 = target;
+    target2.sin_port = htons(port2);
 
     double setup_s = setup_all();
 
@@ -844,7 +861,7 @@ int main(int argc, char **argv) {
 
     uint64_t t_start = t_load + (uint64_t)(warmup * 1e9);
     uint64_t t_end = t_start + (uint64_t)(duration * 1e9);
-    double user0 = 0, sys0 = 0, gen0 = 0, busy0 = 0, all0 = 0;
+    double user0 = 0, sys0 = 0, gen0 = 0, busy0 = 0, all0 = 0, extra0[4][2];
     uint64_t sent0 = 0, done0 = 0, skipped0 = 0, errors0 = 0;
     uint64_t next_msg = 0;
     int turn = 0;
@@ -853,6 +870,7 @@ int main(int argc, char **argv) {
         if (!measuring && now >= t_start) {
             measuring = 1;
             proc_cpu(server_pid, &user0, &sys0);
+            for (int k = 0; k < n_extra; k++) proc_cpu(extra_pids[k], &extra0[k][0], &extra0[k][1]);
             gen0 = self_cpu_s();
             machine_cpu_s(&busy0, &all0);
             sent0 = messages_sent;
@@ -878,6 +896,12 @@ int main(int argc, char **argv) {
     uint64_t t_stop = now_ns();
     double user1, sys1, gen1 = self_cpu_s(), busy1, all1;
     proc_cpu(server_pid, &user1, &sys1);
+    double extra_s[4];
+    for (int k = 0; k < n_extra; k++) {
+        double u, sy;
+        proc_cpu(extra_pids[k], &u, &sy);
+        extra_s[k] = u >= 0 && extra0[k][0] >= 0 ? (u - extra0[k][0]) + (sy - extra0[k][1]) : -1;
+    }
     machine_cpu_s(&busy1, &all1);
     loading = 0;
     double secs = (t_stop - t_start) / 1e9;
@@ -908,7 +932,9 @@ int main(int argc, char **argv) {
          percentile(0.99), percentile(0.999), hist_max_ns / 1000.0);
     emit(", \"server_cpu_s\": %.3f, \"server_user_s\": %.3f, \"server_sys_s\": %.3f", srv,
          user1 - user0, sys1 - sys0);
-    emit(", \"gen_cpu_s\": %.3f", gen);
+    emit(", \"gen_cpu_s\": %.3f, \"extra_cpu_s\": [", gen);
+    for (int k = 0; k < n_extra; k++) emit("%s%.3f", k ? ", " : "", extra_s[k]);
+    emit("]");
     emit(", \"machine_busy_s\": %.3f, \"machine_cpu_s\": %.3f", busy1 - busy0, all1 - all0);
     emit(", \"lines_per_read\": %.2f", reads ? (double)lines_read / reads : 0.0);
     emit(", \"server_cpu_us_per_op\": %.3f, \"gen_cpu_us_per_op\": %.3f}\n",

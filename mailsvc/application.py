@@ -28,6 +28,7 @@ from twisted.internet import defer, task, threads
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from mailsvc.bus import LOCAL, default_node, open_bus
 from mailsvc.core.chatlog import ChatLog, open_log_file
 from mailsvc.core.disk import DiskGuard
 from mailsvc.core.events import Shutdown
@@ -151,6 +152,25 @@ def _disk_guard(config, reactor):
     )
 
 
+# Seconds "all fronts listening" waits for the bus to be in step with the other
+# nodes; past that the node serves anyway (mail works; chat joins are refused
+# until Redis answers).
+BUS_WAIT = 10.0
+
+
+def _in_step(bus, reactor):
+    d = defer.Deferred()
+    bus.ready.addCallback(lambda _: d.called or d.callback(None))
+
+    def late():
+        if not d.called:
+            log.warn("the chat bus is not in step yet: chat joins wait for it")
+            d.callback(None)
+
+    call = reactor.callLater(BUS_WAIT, late)
+    return d.addCallback(lambda _: call.active() and call.cancel())
+
+
 def assemble(config, reactor, hasher=None, top=None):
     """Build the service tree from parsed L{mailsvc.tap.Options} under C{top}
     (a new L{OneByOne} by default); nothing is started."""
@@ -174,11 +194,24 @@ def assemble(config, reactor, hasher=None, top=None):
         max_rotated=config["chat-log-keep"],
     )
     chat_log.setServiceParent(top)
+    bus_service, bus, presence = open_bus(
+        config.get("bus", LOCAL),
+        reactor,
+        config.get("node") or default_node(),
+        config.get("node-lease", 15.0),
+        config["history"],
+    )
+    if bus_service is not None:
+        # Stops after the shared service: the leaves of the grace period
+        # still reach the other nodes.
+        bus_service.setServiceParent(top)
     shared = SharedService(
         store,
         Passwords.threaded(reactor, hasher=hasher),
         reactor,
-        ChatRoom(chat_log, history=config["history"], clock=reactor),
+        ChatRoom(
+            chat_log, history=config["history"], bus=bus, presence=presence, clock=reactor
+        ),
         session_ttl=config["session-ttl"],
         sends=TokenBuckets(reactor, rate=config["send-rate"], burst=config["max-sends"]),
         registrations=TokenBuckets(
@@ -203,5 +236,10 @@ def assemble(config, reactor, hasher=None, top=None):
         log.info(ALL_LISTENING)
         return {listener.front.name: port for listener, port in zip(listeners, ports)}
 
-    ports = defer.gatherResults([listener.port for listener in listeners], consumeErrors=True)
+    waits = [listener.port for listener in listeners]
+    if bus_service is not None:
+        waits.append(_in_step(bus_service, reactor))
+    ports = defer.gatherResults(waits, consumeErrors=True)
+    if bus_service is not None:
+        ports.addCallback(lambda results: results[:-1])
     return Assembly(top, shared, factories, ports.addCallback(listening))

@@ -112,6 +112,13 @@ class NickTaken(MailsvcError):
     reason = "nickname in use"
 
 
+class ChatUnavailable(MailsvcError):
+    """This node is cut off from the other nodes (Redis): it takes no new
+    chat members until it is back, rather than split the room."""
+
+    reason = "the chat is unavailable on this server for now: try again shortly"
+
+
 class NickReserved(MailsvcError):
     reason = "nickname belongs to a mail account"
 

@@ -158,6 +158,10 @@ class IPresence(Interface):
     def who():
         """Fire with every nickname held, sorted."""
 
+    def where(nick):
+        """Fire with the name of the node whose member holds C{nick} (None:
+        nobody holds it, or there is only this node)."""
+
 
 class IParticipant(Interface):
     """A member of the chat room, on whatever front."""

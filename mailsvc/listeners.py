@@ -22,6 +22,7 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 
 from mailsvc import tls
+from mailsvc.fronts import proxy
 
 log = Logger()
 
@@ -54,6 +55,8 @@ def _unparse(arguments, parameters):
 
 def refusal(description):
     """Why mailsvc will not listen on C{description}, or None."""
+    if description.startswith(proxy.PREFIX):
+        description = description[len(proxy.PREFIX):]
     try:
         arguments, parameters = _parse(description)
     except Exception as e:  # noqa: BLE001 - Twisted's tokenizer fails in several ways
@@ -75,6 +78,9 @@ def server_endpoint(reactor, description, backlog):
     why = refusal(description)
     if why is not None:
         raise ValueError("%s: %s" % (description, why))
+    if description.startswith(proxy.PREFIX):
+        inner = server_endpoint(reactor, description[len(proxy.PREFIX):], backlog)
+        return proxy.behind_proxy(inner)
     arguments, parameters = _parse(description)
     kind = arguments[0].lower()
     if kind in _QUEUED:

@@ -8,7 +8,9 @@ import os
 from twisted.python import usage
 
 from mailsvc import listeners
+from mailsvc.bus import LOCAL, default_node
 from mailsvc.application import ListenFailed, OneByOne, assemble
+from mailsvc.bus.redis import parse_url
 from mailsvc.fronts import registry
 from mailsvc.store import OpenFailed
 from mailsvc.options import (
@@ -82,6 +84,22 @@ GENERAL = [
         " deliveries are refused (0: no guard).",
         non_negative_int,
     ],
+    [
+        "bus",
+        None,
+        "local",
+        "How the chat reaches other nodes: local (one node) or redis://host:port/db"
+        " (every node on that Redis is one room).",
+    ],
+    ["node", None, None, "This node's name in logs and in Redis (default: host name-pid)."],
+    [
+        "node-lease",
+        None,
+        15.0,
+        "Seconds after which a node that stopped answering (--bus redis) loses its"
+        " members' nicknames.",
+        positive_float,
+    ],
     ["mail-domain", None, "localhost", "The domain of every account's address (SMTP, POP3)."],
     ["tls-cert", None, None, "PEM certificate for STARTTLS (SMTP) and STLS (POP3)."],
     ["tls-key", None, None, "PEM private key of --tls-cert."],
@@ -150,6 +168,13 @@ class Options(usage.Options):
                 if not os.access(self[name], os.R_OK):
                     raise usage.UsageError("--%s: cannot read %s" % (name, self[name]))
         self["mail-domain"] = self["mail-domain"].lower()
+        if self["node"] is None:
+            self["node"] = default_node()
+        if self["bus"] != LOCAL:
+            try:
+                parse_url(self["bus"])
+            except ValueError as e:
+                raise usage.UsageError("--bus: %s" % (e,))
         check_bounds(self, self.rows)
         for front in self.fronts:
             description = self[front.option]

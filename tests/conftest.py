@@ -105,6 +105,59 @@ def server(mailsvc_process):
     return mailsvc_process()
 
 
+# Redis, for the bus across nodes (mailsvc.testing.redis).
+
+
+@pytest.fixture(scope="session")
+def _session_redis(tmp_path_factory):
+    import os
+
+    from mailsvc.testing.redis import ENABLE, RedisServer, redis_server_available
+
+    if os.environ.get("MAILSVC_TEST_REDIS"):
+        yield os.environ["MAILSVC_TEST_REDIS"]
+        return
+    if not redis_server_available():
+        if os.environ.get("CI"):
+            pytest.fail(ENABLE)
+        pytest.skip(ENABLE)
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(_session_redis):
+    """A redis:// URL with a key prefix of this test's own."""
+    from mailsvc.testing.redis import unique_url
+
+    return unique_url(_session_redis)
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of this test's own, which it may stop and start again."""
+    import os
+
+    from mailsvc.testing.redis import ENABLE, RedisServer
+
+    if shutil_which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail(ENABLE)
+        pytest.skip(ENABLE)
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory).start()
+    yield server
+    server.stop()
+
+
+def shutil_which(command):
+    import shutil
+
+    return shutil.which(command)
+
+
 def require(command, package):
     """
     The path of C{command}, a real client from Debian's C{package}. Missing, the

@@ -181,6 +181,7 @@ LIMITS = [
     "chat-log-keep",
     "irc-ping-interval",
     "irc-ping-timeout",
+    "node-lease",
 ]
 
 

@@ -135,3 +135,55 @@ class MailboxChanged(Event):
     def __init__(self, account):
         super().__init__()
         self.account = account
+
+
+# On the wire between nodes (mailsvc.bus.redis): JSON, the type's name and its
+# public fields; a History carries its events the same way.
+
+import json  # noqa: E402
+
+_TYPES = {
+    cls.__name__: cls
+    for cls in (Said, Joined, Left, Renamed, Private, NewMail, History, Shutdown,
+                SessionEnded, MailboxChanged)
+}
+
+
+def _fields(event):
+    return [name for name in type(event).__slots__ if not name.startswith("_")]
+
+
+def _value(value):
+    # JSON has no bytes (a session's token hash): hex in a one-key object.
+    return {"hex": value.hex()} if isinstance(value, bytes) else value
+
+
+def _unvalue(value):
+    return bytes.fromhex(value["hex"]) if isinstance(value, dict) else value
+
+
+def _plain(event):
+    values = {name: _value(getattr(event, name)) for name in _fields(event)}
+    if isinstance(event, History):
+        values["events"] = [_plain(e) for e in event.events]
+    return [type(event).__name__, values]
+
+
+def _event(plain):
+    name, values = plain
+    cls = _TYPES[name]
+    values = {key: _unvalue(value) for key, value in values.items()}
+    if cls is History:
+        values = dict(values, events=[_event(e) for e in values["events"]])
+    return cls(**values)
+
+
+def to_wire(event):
+    """C{event} as one line of JSON text (never a newline in it)."""
+    return json.dumps(_plain(event), ensure_ascii=False, separators=(",", ":"))
+
+
+def from_wire(text):
+    """The event L{to_wire} made C{text} of. ValueError, KeyError or
+    TypeError for text it could not have made."""
+    return _event(json.loads(text))

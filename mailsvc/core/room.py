@@ -77,6 +77,7 @@ class ChatRoom:
             Renamed: self._renamed,
             Private: self._private,
             NewMail: self._new_mail,
+            History: self._history_told,
         }
         self.bus.subscribe(self._heard)
 
@@ -193,6 +194,12 @@ class ChatRoom:
         if self._chat_log:
             self._chat_log.said(event.nick, event.text)
 
+    def _history_told(self, event):
+        # A bus across nodes keeps the history, and tells it on (re)joining
+        # the room: every node then shows a newcomer the same lines.
+        self._history.clear()
+        self._history.extend(event.events)
+
     def _joined(self, event):
         self._broadcast(event, self._members.get(fold(event.nick)))
         if self._chat_log:
@@ -200,7 +207,10 @@ class ChatRoom:
 
     def _left(self, event):
         if not self.closing:
-            self._broadcast(event)
+            # A member still here under that nickname is not told it left:
+            # another node reaped this one's lease while it was cut off from
+            # Redis, and it claims its members' nicknames again.
+            self._broadcast(event, self._members.get(fold(event.nick)))
         if self._chat_log:
             self._chat_log.left(event.nick)
 

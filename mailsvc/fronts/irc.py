@@ -181,6 +181,7 @@ WORDS = {
         "Nickname belongs to a mail account: send PASS <password> before NICK,"
         " or log in with SASL",
     ),
+    errors.ChatUnavailable: lambda e, asked: ("263", "NICK", e.reason),
     errors.BadCredentials: lambda e, asked: ("464", "Password incorrect"),
     errors.TooManyFailures: lambda e, asked: ("464", e.reason),
     errors.NoSuchNick: lambda e, asked: ("401", e.nick, "No such nick/channel"),
@@ -746,6 +747,7 @@ class IRCProtocol(RoomMember, TextLineProtocol):
     def irc_WHOIS(self, params):
         self.need(params, 1, "WHOIS")
         asked = params[-1]
+        presence = self.service.room.presence
 
         def found(nicks):
             # Its own spelling, whatever the case asked.
@@ -756,12 +758,13 @@ class IRCProtocol(RoomMember, TextLineProtocol):
                     self.numeric("401", asked, "No such nick/channel"),
                     self.numeric("318", asked, "End of /WHOIS list"),
                 ]
-            return [
+            return presence.where(nick).addCallback(lambda node: [
                 self.numeric("311", nick, nick, self.server, "*", nick),
-                self.numeric("312", nick, self.server, self.factory.network),
+                # Across nodes, the node it is on (--node) as its server.
+                self.numeric("312", nick, node or self.server, self.factory.network),
                 self.numeric("319", nick, self.factory.channel),
                 self.numeric("318", nick, "End of /WHOIS list"),
-            ]
+            ])
 
         return self.service.room.who().addCallback(found)
 
