@@ -64,6 +64,9 @@ class PasswordChecker:
         self.passwords = passwords
         self.name_throttle = Throttle(clock, free=3)
         self.peer_throttle = Throttle(clock, free=10, lenient_bursts=True)
+        # Counted for /metrics: wrong passwords, and attempts refused by a lockout.
+        self.failures = 0
+        self.lockouts = 0
 
     @defer.inlineCallbacks
     def requestAvatarId(self, credentials):
@@ -74,15 +77,19 @@ class PasswordChecker:
         # U+212A KELVIN SIGN in "\u212aate" never stands for "kate".
         valid = isinstance(name, str) and NAME.match(name) is not None
         name_key = fold(name) if valid else None
-        if name_key is not None:
-            self.name_throttle.begin(name_key)
-        if peer is not None:
-            try:
-                self.peer_throttle.begin(peer)
-            except errors.TooManyFailures:
-                if name_key is not None:
-                    self.name_throttle.end(name_key, True, forgive=False)
-                raise
+        try:
+            if name_key is not None:
+                self.name_throttle.begin(name_key)
+            if peer is not None:
+                try:
+                    self.peer_throttle.begin(peer)
+                except errors.TooManyFailures:
+                    if name_key is not None:
+                        self.name_throttle.end(name_key, True, forgive=False)
+                    raise
+        except errors.TooManyFailures:
+            self.lockouts += 1
+            raise
         matched = None  # None: the check itself failed (storage), which counts for nothing
         account = None
         try:
@@ -102,6 +109,7 @@ class PasswordChecker:
                 lockout = max(lockout, self.peer_throttle.end(peer, counted, forgive=False))
         if matched:
             return account
+        self.failures += 1
         self.log.warn(
             "failed {what} for {who} from {peer}{locked}",
             what=credentials.purpose,
