@@ -237,7 +237,7 @@ def mailsvc_server(python, directory, cores):
     local = "tcp:0:interface=127.0.0.1"
     command = [
         str(twistd), "-n", "--pidfile=", "mailsvc",
-        "--port", local, "--chat-port", local,
+        "--port", local, "--chat-port", local, "--web-port", local,
         "--db", str(directory / "bench.sqlite"),
         "--chat-log", str(directory / "chat.log"),
         # The bench opens thousands of connections from one address, sends
@@ -256,6 +256,7 @@ def mailsvc_server(python, directory, cores):
         ports={
             "mail": r"front mail listening on .*:(\d+)",
             "chat": r"front chat listening on .*:(\d+)",
+            "web": r"front web listening on .*:(\d+)",
         },
     )
 
@@ -611,6 +612,8 @@ class Bench:
 
         if wanted("chat"):
             self.chat_part(mailsvc, baseline)
+        if wanted("web"):
+            self.web_part(mailsvc)
         if wanted("mail"):
             self.mail_part(mailsvc, baseline)
         if wanted("idle"):
@@ -642,6 +645,29 @@ class Bench:
         finally:
             for server in servers:
                 server.stop()
+
+    def web_part(self, mailsvc):
+        """
+        The same room fan-out to 1000 clients over the web front's WebSocket
+        (loadgen --ws) and over the line chat, on one server, one after the
+        other (three times each unless quick): their ratio is what JSON in
+        WebSocket frames costs beside a text line.
+        """
+        log("web (WebSocket) chat fan-out beside the line chat")
+        server = mailsvc().start()
+        try:
+            for rep in range(1 if self.quick else 3):
+                for scenario, front, ws in (
+                    ("line chat saturated 1000, beside web", "chat", None),
+                    ("web chat saturated 1000", "web", True),
+                ):
+                    run = self.measure(
+                        scenario, server, "chat", server.ports[front],
+                        conns=1000, senders=10, window=4, ws=ws,
+                    )  # fmt: skip
+                    run["rep"] = rep
+        finally:
+            server.stop()
 
     def mail_part(self, mailsvc, baseline):
         log("mail request/response")
@@ -1040,7 +1066,7 @@ def main():
     parser.add_argument("--label", help="name of the results (default: cpython or pypy)")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--only", metavar="PARTS",
-                        help="comma-separated parts to run: chat, mail, idle, profile (default: all)")
+                        help="comma-separated parts to run: chat, web, mail, idle, profile (default: all)")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--table", metavar="JSON", help="only print the table of a results file")
     parser.add_argument("--markdown", metavar="JSON", help="only print a results file as Markdown")
