@@ -17,6 +17,9 @@ from twisted.web.http_headers import Headers
 
 from conftest import within
 
+# Twisted's HTTP client warns of its own transport in readBody (twisted#12229).
+pytestmark = pytest.mark.filterwarnings("ignore:Using readBody:DeprecationWarning")
+
 
 class WebClient(WebSocketClientProtocol):
     """A bot on /ws: what it receives waits in a queue, decoded."""

@@ -21,7 +21,7 @@ from twisted.web import pages, resource, server
 from mailsvc.fronts.registry import Front
 from mailsvc.fronts.web.metrics import metrics_registry, metrics_resource
 from mailsvc.fronts.web.websocket import WebSocketMembers
-from mailsvc.fronts.web.status import Status, StatusJSON, StatusPage
+from mailsvc.fronts.web.status import Status, status_json, status_page
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
@@ -143,8 +143,8 @@ def build(service, config, reactor, node=None):
     root.putChild(b"app.js", PackageFile("app.js", b"text/javascript; charset=utf-8"))
     root.putChild(b"style.css", PackageFile("style.css", b"text/css; charset=utf-8"))
     root.putChild(b"ws", WebSocketResource(members))
-    root.putChild(b"status", StatusPage(status))
-    root.putChild(b"status.json", StatusJSON(status))
+    root.putChild(b"status", status_page(status))
+    root.putChild(b"status.json", status_json(status))
     root.putChild(b"metrics", metrics_resource(registry))
     site = WebSite(root, members, registry, timeout=HTTP_TIMEOUT, reactor=reactor)
     site.displayTracebacks = False

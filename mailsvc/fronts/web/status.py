@@ -12,11 +12,14 @@ import json
 import socket
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.web import resource, server
 
 from mailsvc import errors
 
 SUMMARY_INTERVAL = 1.0
+
+log = Logger()
 
 
 class Status:
@@ -105,34 +108,31 @@ class _Shared:
         return d
 
 
-class StatusJSON(resource.Resource):
+class StatusResource(resource.Resource):
+    """The status as C{content_type}, made by C{render(snapshot)}."""
+
     isLeaf = True
 
-    def __init__(self, status):
+    def __init__(self, status, content_type, render):
         super().__init__()
         self.status = status
+        self.content_type = content_type
+        self.render_snapshot = render
 
     def render_GET(self, request):
-        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        request.setHeader(b"content-type", self.content_type)
         request.setHeader(b"cache-control", b"no-store")
-        _render_later(request, self.status.snapshot(), _as_json)
+        _render_later(request, self.status.snapshot(), self.render_snapshot)
         return server.NOT_DONE_YET
 
 
-class StatusPage(resource.Resource):
+def status_json(status):
+    return StatusResource(status, b"application/json; charset=utf-8", _as_json)
+
+
+def status_page(status):
     """The same, as a page a person reads (it reloads itself every 5 s)."""
-
-    isLeaf = True
-
-    def __init__(self, status):
-        super().__init__()
-        self.status = status
-
-    def render_GET(self, request):
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        _render_later(request, self.status.snapshot(), _as_page)
-        return server.NOT_DONE_YET
+    return StatusResource(status, b"text/html; charset=utf-8", _as_page)
 
 
 def _render_later(request, d, render):
@@ -149,9 +149,7 @@ def _render_later(request, d, render):
 
 
 def _failed(request, failure, gone):
-    from twisted.logger import Logger
-
-    Logger().failure("status failed", failure)
+    log.failure("status failed", failure)
     if not gone:
         request.setResponseCode(500)
         request.write(b"internal error\n")
