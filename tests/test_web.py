@@ -17,7 +17,7 @@ from twisted.web.http_headers import Headers
 
 from conftest import within
 
-# Twisted's HTTP client warns of its own transport in readBody (twisted#12229).
+# Twisted's own HTTP client transport makes readBody warn; nothing to do with the server.
 pytestmark = pytest.mark.filterwarnings("ignore:Using readBody:DeprecationWarning")
 
 
