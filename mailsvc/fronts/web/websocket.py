@@ -268,7 +268,8 @@ class WebSocketMember(TimeoutMixin, WebSocketServerProtocol):
     # What the room and the requests send
 
     def receive(self, event):
-        self.member.send(event.render(json_frame))
+        if self.member is not None:  # None: admitted, not open yet
+            self.member.send(event.render(json_frame))
 
     def sendMessage_(self, message):
         """Send C{message} (a dict) through the send queue."""
