@@ -20,6 +20,9 @@
  *   loadgen idle  ...   N connections that each read a greeting and/or make
  *                       one request, then hold still until stdin closes.
  *
+ *   --ws: chat over the web front's /ws instead (see "WebSocket dialect"):
+ *   the HTTP upgrade, then JSON in frames, {"type": "join"}, {"type": "say"}.
+ *
  * Every phase has a deadline and the whole run an alarm(): it always stops
  * by itself. The result is one JSON object on stdout.
  */
@@ -76,6 +79,7 @@ static int concurrency = 32; /* connections being set up at once */
 enum { D_LINE, D_IRC, D_MIXED };
 static int dialect = D_LINE; /* chat: what the clients speak */
 static int irc_port = 0;     /* chat, --dialect mixed: the IRC clients' port */
+static int ws = 0;           /* chat: the web front's WebSocket dialect */
 
 /* ---- clocks and CPU ---- */
 
@@ -212,7 +216,8 @@ static void on_alarm(int sig) {
 
 /* ---- connections ---- */
 
-enum { C_FREE, C_CONNECTING, C_HELLO, C_READY_WAIT, C_REPLY_WAIT, C_JOIN_WAIT, C_UP, C_FAILED };
+enum { C_FREE, C_CONNECTING, C_HELLO, C_READY_WAIT, C_REPLY_WAIT, C_JOIN_WAIT, C_UP, C_FAILED,
+       C_UPGRADE };
 
 typedef struct {
     int fd;
@@ -346,6 +351,8 @@ static void note_error(const char *line, size_t len) {
     }
 }
 
+static void ws_say(int idx, const char *text, size_t len);
+
 static void chat_send(int s) {
     sender_t *st = &sender_state[s];
     char line[4096 + 32];
@@ -364,7 +371,8 @@ static void chat_send(int s) {
     st->got[seq % SLOTS] = 0;
     st->outstanding++;
     messages_sent++;
-    send_bytes(s, line, n);
+    if (ws) ws_say(s, line, n - 1);
+    else send_bytes(s, line, n);
 }
 
 static void chat_fill_window(int s) {
@@ -373,6 +381,7 @@ static void chat_fill_window(int s) {
 }
 
 static void delivered(unsigned s, const char *p, const char *end, uint64_t now);
+static void chat_delivered(unsigned s, uint64_t seq, uint64_t ts, uint64_t now);
 
 /* A line from the room: "S<i>: <seq> <ns> ..." or a notice. */
 static void irc_line(int idx, const char *line, size_t len, uint64_t now);
@@ -422,6 +431,11 @@ static void delivered(unsigned s, const char *p, const char *end, uint64_t now) 
     while (p < end && *p >= '0' && *p <= '9') seq = seq * 10 + (*p++ - '0');
     if (p < end) p++;
     while (p < end && *p >= '0' && *p <= '9') ts = ts * 10 + (*p++ - '0');
+    chat_delivered(s, seq, ts, now);
+}
+
+/* Sender s's message seq, sent at ts, reached one more client. */
+static void chat_delivered(unsigned s, uint64_t seq, uint64_t ts, uint64_t now) {
     deliveries_all++;
     if (measuring) {
         deliveries++;
@@ -510,6 +524,134 @@ static void irc_line(int idx, const char *line, size_t len, uint64_t now) {
     else notices++;
 }
 
+/* ---- WebSocket dialect (chat --ws) ----
+ *
+ * The web front's /ws (docs/protocol.md, "The web front"): an HTTP upgrade,
+ * then one JSON object per text frame. Frames to the server are masked, as a
+ * browser's are, with the key 0 (the server unmasks them all the same);
+ * those from it are not. Only what the chat needs is parsed: the hello,
+ * the join's answer, and "said" events whose text is "<seq> <ns> ...".
+ */
+
+static void ws_frame(int idx, const char *payload, size_t len) {
+    char frame[4200];
+    size_t h = 0;
+    frame[h++] = (char)0x81; /* FIN, text */
+    if (len < 126) {
+        frame[h++] = (char)(0x80 | len);
+    } else {
+        frame[h++] = (char)(0x80 | 126);
+        frame[h++] = (char)(len >> 8);
+        frame[h++] = (char)(len & 0xFF);
+    }
+    memset(frame + h, 0, 4); /* the masking key */
+    h += 4;
+    if (h + len > sizeof frame) die("ws: frame too long");
+    memcpy(frame + h, payload, len);
+    send_bytes(idx, frame, h + len);
+}
+
+static void ws_say(int idx, const char *text, size_t len) {
+    char json[4200];
+    int n = snprintf(json, sizeof json, "{\"type\":\"say\",\"text\":\"%.*s\"}", (int)len, text);
+    ws_frame(idx, json, n);
+}
+
+static void ws_upgrade(int idx) {
+    char req[256];
+    int n = snprintf(req, sizeof req,
+                     "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n", port);
+    conns[idx].state = C_UPGRADE;
+    send_bytes(idx, req, n);
+}
+
+static const char *after(const char *p, const char *end, const char *what) {
+    size_t n = strlen(what);
+    for (; p + n <= end; p++)
+        if (memcmp(p, what, n) == 0) return p + n;
+    return NULL;
+}
+
+static void ws_message(int idx, const char *m, size_t len, uint64_t now) {
+    conn_t *c = &conns[idx];
+    const char *end = m + len, *p;
+    if (c->state == C_HELLO) {
+        if (!after(m, end, "\"type\":\"hello\"")) { note_error(m, len); return; }
+        char join[80];
+        int n = snprintf(join, sizeof join, "{\"type\":\"join\",\"nick\":\"%s%d\"}",
+                         idx < senders ? "S" : "r", idx);
+        c->state = C_READY_WAIT;
+        ws_frame(idx, join, n);
+        return;
+    }
+    if (c->state == C_READY_WAIT) {
+        if (after(m, end, "\"type\":\"ok\"")) {
+            c->state = C_UP;
+            setting_up--;
+            up++;
+        } else {
+            note_error(m, len);
+            fail_conn(idx, "join refused");
+        }
+        return;
+    }
+    if (!(p = after(m, end, "{\"type\":\"said\",\"nick\":\"S"))) {
+        /* joins, answers to "say", errors */
+        if (after(m, end, "\"type\":\"error\"")) note_error(m, len);
+        else notices++;
+        return;
+    }
+    unsigned s = 0;
+    while (p < end && *p >= '0' && *p <= '9') s = s * 10 + (*p++ - '0');
+    if (s >= (unsigned)senders || !(p = after(p, end, "\"text\":\""))) { stray++; return; }
+    uint64_t seq = 0, ts = 0;
+    while (p < end && *p >= '0' && *p <= '9') seq = seq * 10 + (*p++ - '0');
+    if (p < end) p++;
+    while (p < end && *p >= '0' && *p <= '9') ts = ts * 10 + (*p++ - '0');
+    chat_delivered(s, seq, ts, now);
+}
+
+/* The frames (or, first, the upgrade's answer) in buf; returns how much was used. */
+static size_t ws_input(int idx, const char *buf, size_t total, uint64_t now) {
+    conn_t *c = &conns[idx];
+    size_t start = 0;
+    if (c->state == C_UPGRADE) {
+        const char *end = after(buf, buf + total, "\r\n\r\n");
+        if (!end) return 0;
+        if (total < 12 || memcmp(buf, "HTTP/1.1 101", 12) != 0) {
+            note_error(buf, (size_t)(end - buf));
+            fail_conn(idx, "upgrade refused");
+            return total;
+        }
+        c->state = C_HELLO;
+        start = end - buf;
+    }
+    while (total - start >= 2) {
+        const unsigned char *f = (const unsigned char *)buf + start;
+        size_t h = 2, len = f[1] & 0x7F;
+        if (len == 126) {
+            if (total - start < 4) break;
+            len = ((size_t)f[2] << 8) | f[3];
+            h = 4;
+        } else if (len == 127) {
+            if (total - start < 10) break;
+            len = 0;
+            for (int i = 2; i < 10; i++) len = (len << 8) | f[i];
+            h = 10;
+        }
+        if (total - start < h + len) break;
+        if (measuring) lines_read++;
+        int opcode = f[0] & 0x0F;
+        if (opcode == 1) ws_message(idx, (const char *)f + h, len, now);
+        else if (opcode == 8) { closed_by_server++; fail_conn(idx, "closed by the server"); }
+        start += h + len;
+        if (c->fd < 0) return total;
+    }
+    return start;
+}
+
 /* ---- mail state ---- */
 
 static uint64_t ops = 0, ops_all = 0;
@@ -585,6 +727,8 @@ static void connected(int idx) {
     set_events(c, idx, EPOLLIN);
     if (mode[0] == 'c' && c->irc) {
         irc_register(idx);
+    } else if (ws) {
+        ws_upgrade(idx);
     } else if (mode[0] == 'c' || greeting) {
         c->state = C_HELLO;
     } else if (mode[0] == 'i' && request) {
@@ -618,7 +762,11 @@ static void readable(int idx) {
         size_t total = have + n, start = 0;
         if (measuring) reads++;
         int more = 0;
-        for (;;) {
+        if (ws) {
+            start = ws_input(idx, rbuf, total, now);
+            if (c->fd < 0) return;
+        }
+        while (!ws) {
             char *nl = memchr(rbuf + start, '\n', total - start);
             if (!nl) break;
             size_t end = nl - rbuf, len = end - start;
@@ -735,7 +883,7 @@ static void usage(void) {
             " receivers on P2]\n"
             "  --extra-pid PID (up to 4): CPU of other processes over the window\n"
             "  chat: --senders S --window W | --rate DELIVERIES_PER_S, --size BYTES\n"
-            "        [--dialect line|irc|mixed] [--irc-port P (mixed)]\n"
+            "        [--dialect line|irc|mixed] [--irc-port P (mixed)] [--ws]\n"
             "  mail: --request 'COUNT cookie\\n' --depth D --reply-lines K\n"
             "  idle: [--greeting] [--join] [--request STR] --hold S\n"
             "  all:  --warmup S --duration S --setup-timeout S --server-pid PID\n");
@@ -780,6 +928,7 @@ int main(int argc, char **argv) {
         }
         else if (strcmp(a, "--greeting") == 0) greeting = 1;
         else if (strcmp(a, "--join") == 0) greeting = join = 1;
+        else if (strcmp(a, "--ws") == 0) ws = 1;
         else usage();
     }
     if (port <= 0 || nconns <= 0) usage();
@@ -787,6 +936,7 @@ int main(int argc, char **argv) {
         die("--senders must be 1 to %d and fewer than --conns", MAX_SENDERS);
     if (mode[0] == 'c' && (window < 1 || window >= SLOTS)) die("--window out of range");
     if (mode[0] == 'm' && (!request || depth < 1 || reply_lines < 1)) usage();
+    if (ws && mode[0] != 'c') die("--ws is for chat");
     if (msg_size < 40 || msg_size > 4000) die("--size must be 40 to 4000");
     if (dialect == D_MIXED && (mode[0] != 'c' || irc_port <= 0))
         die("--dialect mixed is for chat, with --irc-port");

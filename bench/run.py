@@ -241,7 +241,7 @@ def mailsvc_server(python, directory, cores, db=None, name="mailsvc"):
     local = "tcp:0:interface=127.0.0.1"
     command = [
         str(twistd), "-n", "--pidfile=", "mailsvc",
-        "--port", local, "--chat-port", local, "--irc-port", local,
+        "--port", local, "--chat-port", local, "--irc-port", local, "--web-port", local,
         # Fixed ports another run on the machine may hold; the bench does not use them.
         "--smtp-port", "none", "--pop3-port", "none",
         "--db", db or str(directory / "bench.sqlite"),
@@ -264,6 +264,7 @@ def mailsvc_server(python, directory, cores, db=None, name="mailsvc"):
             "mail": r"front mail listening on .*:(\d+)",
             "chat": r"front chat listening on .*:(\d+)",
             "irc": r"front irc listening on .*:(\d+)",
+            "web": r"front web listening on .*:(\d+)",
         },
     )
 
@@ -716,6 +717,8 @@ class Bench:
 
         if wanted("chat"):
             self.chat_part(mailsvc, baseline)
+        if wanted("web"):
+            self.web_part(mailsvc)
         if wanted("mail"):
             self.mail_part(mailsvc, baseline)
         if wanted("irc"):
@@ -765,6 +768,29 @@ class Bench:
                 server.stop()
             if len(servers) > 1:
                 cut_log(servers[1].logfile)
+
+    def web_part(self, mailsvc):
+        """
+        The same room fan-out to 1000 clients over the web front's WebSocket
+        (loadgen --ws) and over the line chat, on one server, one after the
+        other (three times each unless quick): their ratio is what JSON in
+        WebSocket frames costs beside a text line.
+        """
+        log("web (WebSocket) chat fan-out beside the line chat")
+        server = mailsvc().start()
+        try:
+            for rep in range(1 if self.quick else 3):
+                for scenario, front, ws in (
+                    ("line chat saturated 1000, beside web", "chat", None),
+                    ("web chat saturated 1000", "web", True),
+                ):
+                    run = self.measure(
+                        scenario, server, "chat", server.ports[front],
+                        conns=1000, senders=10, window=4, ws=ws,
+                    )  # fmt: skip
+                    run["rep"] = rep
+        finally:
+            server.stop()
 
     def mail_part(self, mailsvc, baseline):
         log("mail request/response")
@@ -1176,7 +1202,7 @@ def main():
     parser.add_argument("--label", help="name of the results (default: cpython or pypy)")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--only", metavar="PARTS",
-                        help="comma-separated parts to run: chat, mail, irc, idle, profile"
+                        help="comma-separated parts to run: chat, web, mail, irc, idle, profile"
                         " (default: all)")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--table", metavar="JSON", help="only print the table of a results file")

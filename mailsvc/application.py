@@ -222,6 +222,7 @@ def assemble(config, reactor, hasher=None, top=None):
     shared.setServiceParent(top)
     served = [(f, config[f.option]) for f in config.fronts if config[f.option] != OFF]
     factories = {f.name: f.build(shared, config, reactor) for f, _ in served}
+    shared.factories = factories
     GracefulShutdown(list(factories.values()), config["shutdown-grace"], reactor).setServiceParent(
         top
     )

@@ -75,7 +75,7 @@ async def test_the_testing_kit_serves_a_registered_front(echo_who):
 async def test_a_front_turned_off_is_not_served():
     server = await within(start_server(chat_port="none"))
     try:
-        assert set(server.ports) == {"mail", "irc", "smtp", "pop3"}
+        assert set(server.ports) == {"mail", "irc", "smtp", "pop3", "web"}
     finally:
         await within(server.stop())
 
@@ -92,7 +92,7 @@ def test_twistd_and_the_harness_pick_up_a_plugin_front(tmp_path):
     server = TwistdServer(tmp_path, extra=["--echo-who-port", "tcp:0:interface=127.0.0.1"])
     try:
         server.start(env=env)
-        assert set(server.ports) == {"mail", "chat", "irc", "smtp", "pop3", "echo-who"}
+        assert set(server.ports) == {"mail", "chat", "irc", "smtp", "pop3", "web", "echo-who"}
         with server.connect_chat() as chat:
             assert chat.line() == "HELLO"
             assert chat("NICK bob") == ["READY"]

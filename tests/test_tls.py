@@ -366,6 +366,7 @@ def tls_server(mailsvc_process, identity):
         "--port", listening(identity), "--chat-port", listening(identity),
         "--irc-port", listening(identity),
         "--smtp-port", listening(identity), "--pop3-port", listening(identity),
+        "--web-port", listening(identity),
     )
 
 
@@ -386,7 +387,7 @@ def cli(*args, password="pw", stdin=""):
 def test_twistd_serves_tls_and_the_cli_speaks_it(tls_server, identity, stranger):
     port, roots = tls_server.port, identity.roots
     # Only the TLS ports listen: the harness's tcp:0 ones were overridden.
-    assert set(tls_server.ports) == {"mail", "chat", "irc", "smtp", "pop3"}
+    assert set(tls_server.ports) == {"mail", "chat", "irc", "smtp", "pop3", "web"}
     assert not any(" starting on " in l and "(TLS)" not in l for l in tls_server.log.lines)
     mail = ["--connect", verified(port, roots)]
     assert cli("register", "--user", "alice", *mail) == ("registered alice\n", "", 0)
@@ -462,3 +463,35 @@ def test_twistd_chat_over_tls_with_the_cli(tls_server, identity):
             bob.line()
     finally:
         bob.close()
+
+
+@pytest.mark.e2e
+def test_the_web_front_serves_https_and_wss(tls_server, identity):
+    import base64
+    import json
+    import socket
+    import ssl
+    import urllib.request
+
+    port = tls_server.ports["web"]
+    context = ssl.create_default_context(cafile=str(identity.roots / "cert.pem"))
+    with urllib.request.urlopen(
+        "https://localhost:%d/status.json" % (port,), context=context, timeout=CLI_TIMEOUT
+    ) as response:
+        assert json.load(response)["storage"]["ok"] is True
+    # The page's WebSocket over the same TLS: the upgrade is accepted.
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    with socket.create_connection(("localhost", port), timeout=CLI_TIMEOUT) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as wss:
+            wss.sendall(
+                (
+                    "GET /ws HTTP/1.1\r\nHost: localhost:%d\r\nUpgrade: websocket\r\n"
+                    "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                    "Sec-WebSocket-Version: 13\r\nOrigin: https://localhost:%d\r\n\r\n"
+                    % (port, key, port)
+                ).encode()
+            )
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += wss.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 101 ")

@@ -68,6 +68,9 @@ class PasswordChecker:
         # Several nodes on one store count failures together, in the store:
         # an attacker gains nothing by spreading guesses over the nodes.
         self.shared = getattr(storage, "shared", False)
+        # Counted for /metrics: wrong passwords, and attempts refused by a lockout.
+        self.failures = 0
+        self.lockouts = 0
 
     @defer.inlineCallbacks
     def requestAvatarId(self, credentials):
@@ -80,15 +83,19 @@ class PasswordChecker:
         name_key = fold(name) if valid else None
         if self.shared:
             yield self._adopt_stored(name_key, peer)
-        if name_key is not None:
-            self.name_throttle.begin(name_key)
-        if peer is not None:
-            try:
-                self.peer_throttle.begin(peer)
-            except errors.TooManyFailures:
-                if name_key is not None:
-                    self.name_throttle.end(name_key, True, forgive=False)
-                raise
+        try:
+            if name_key is not None:
+                self.name_throttle.begin(name_key)
+            if peer is not None:
+                try:
+                    self.peer_throttle.begin(peer)
+                except errors.TooManyFailures:
+                    if name_key is not None:
+                        self.name_throttle.end(name_key, True, forgive=False)
+                    raise
+        except errors.TooManyFailures:
+            self.lockouts += 1
+            raise
         matched = None  # None: the check itself failed (storage), which counts for nothing
         account = None
         try:
@@ -110,6 +117,7 @@ class PasswordChecker:
             yield self._store_outcome(name_key, peer, matched)
         if matched:
             return account
+        self.failures += 1
         self.log.warn(
             "failed {what} for {who} from {peer}{locked}",
             what=credentials.purpose,

@@ -56,6 +56,11 @@ class ChatRoom:
     # Set while this node closes every connection: nobody here needs to hear
     # that each of the others left.
     closing = False
+    # Counted for /metrics: messages said in the room as this node heard
+    # them, and the deliveries of room events to this node's members.
+    said = 0
+    deliveries = 0
+
     def __init__(
         self, chat_log=None, history=20, bus=None, presence=None, clock=None, mail_window=1.0
     ):
@@ -188,6 +193,7 @@ class ChatRoom:
             handler(event)
 
     def _said(self, event):
+        self.said += 1
         if self._history.maxlen:
             self._history.append(event)
         self._broadcast(event, self._members.get(fold(event.nick)))
@@ -273,6 +279,7 @@ class ChatRoom:
         # The room's hottest loop: one rendering per format, _deliver inlined.
         for format, group in list(self._formats.items()):
             data = event.render(format)
+            self.deliveries += len(group) - (sender is not None and sender.format is format)
             for participant in list(group.values()):
                 if participant is not sender:
                     try:
@@ -281,6 +288,7 @@ class ChatRoom:
                         self._failed(participant)
 
     def _deliver(self, participant, event):
+        self.deliveries += 1
         try:
             participant.send(event.render(participant.format))
         except Exception:

@@ -120,12 +120,17 @@ class SharedService(service.Service):
         # DUMP's summary: the Deferred of the last one, and when it was asked.
         self._dump = None
         self._dumped_at = 0.0
+        # Front name -> its factory, set by assemble(): what /status counts.
+        self.factories = {}
+        # When startService ran (the clock's seconds): the uptime.
+        self.started = None
         self._expiry = task.LoopingCall(self._expire_sessions)
         self._expiry.clock = clock
         self.bus.subscribe(self._invalidate)
 
     def startService(self):
         super().startService()
+        self.started = self.clock.seconds()
         self.passwords.start()
         if self.session_ttl:
             self._expiry.start(min(60.0, self.session_ttl), now=False)

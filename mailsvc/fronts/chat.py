@@ -232,6 +232,7 @@ class ChatFactory(TextLineFactory):
         super().__init__(**limits)
         self.service = service
         self.max_sendq = max_sendq
+        self.sendq_drops = 0  # clients dropped for an unread send queue (/metrics)
         self.nick_timeout = nick_timeout
         self.flood_rate = flood_rate
         self.flood_burst = flood_burst

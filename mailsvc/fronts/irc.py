@@ -887,6 +887,7 @@ class IRCFactory(TextLineFactory):
         self.ping_timeout = ping_timeout
         self.registration_timeout = registration_timeout
         self.max_sendq = max_sendq
+        self.sendq_drops = 0  # clients dropped for an unread send queue (/metrics)
         self.flood_rate = flood_rate
         self.flood_burst = flood_burst
         self.formats = Formats(server_name, channel)

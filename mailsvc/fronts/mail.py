@@ -13,6 +13,7 @@ The service's errors become C{KO <reason>}, in this front's words where
 L{WORDS} has some (they name this protocol's commands).
 """
 
+import collections
 import hashlib
 import re
 import time
@@ -148,6 +149,7 @@ class MailProtocol(TextLineProtocol):
     cookie = None
     _body = None
     _inputEnded = False
+    _verb = "other"
 
     @property
     def service(self):
@@ -178,6 +180,7 @@ class MailProtocol(TextLineProtocol):
         return "KO " + reason
 
     def reply(self, reply):
+        self._count("ok")
         if reply is None:
             return
         if isinstance(reply, str):
@@ -190,7 +193,12 @@ class MailProtocol(TextLineProtocol):
                 ".",
             )
 
+    def _count(self, result):
+        if self._verb is not None:
+            self.factory.commands[self._verb, result] += 1
+
     def refuse(self, failure):
+        self._count("ko")
         if failure.check(errors.MailsvcError):
             self.sendText("KO " + reason_for(failure.value, WORDS))
         else:
@@ -245,7 +253,12 @@ class MailProtocol(TextLineProtocol):
         verb, rest = (content.split(None, 1) + ["", ""])[:2]
         verb = verb.upper()
         rest = rest.strip()
+        # Counted by verb when answered (SEND once its body has ended); a
+        # verb that is not one is "other", so that clients cannot add label
+        # values without bound.
+        self._verb = verb if hasattr(self, "do_" + verb) else "other"
         if verb == "SEND":
+            self._verb = None
             # The body follows whatever we think of this line: read it all,
             # so that no body line is ever run as a command. Keep it only if
             # it may be delivered: without a session (none on the connection,
@@ -429,6 +442,7 @@ class MailProtocol(TextLineProtocol):
         return cookie is not None and len(subject) <= MAX_SUBJECT
 
     def _send(self, body):
+        self._verb = "SEND"
         if body.error is not None:
             raise body.error
         recipient, subject, cookie = self._sendHeader(body.request)
@@ -458,6 +472,8 @@ class MailFactory(TextLineFactory):
         super().__init__(**limits)
         self.service = service
         self.max_body = max_body
+        # (verb, "ok" or "ko") -> requests answered so (the web front's /metrics).
+        self.commands = collections.Counter()
 
 
 FRONT = Front(

@@ -9,8 +9,9 @@ warnings in their own words (L{RoomMember.tooFast}, L{RoomMember.flooded}).
 
 class RoomMember:
     """
-    A mixin for a L{mailsvc.fronts.lines.TextLineProtocol} whose factory has
-    C{writes}, C{clock}, C{max_sendq}, C{flood_rate} and C{flood_burst}.
+    A mixin for a protocol with an C{output} (L{mailsvc.fronts.lines.OutputBuffer})
+    whose factory has C{writes}, C{clock}, C{max_sendq}, C{flood_rate},
+    C{flood_burst} and C{sendq_drops} (a count, for /metrics).
     """
 
     _dropped = False
@@ -39,6 +40,7 @@ class RoomMember:
                     limit=self.factory.max_sendq,
                 )
                 self._dropped = True
+                self.factory.sendq_drops += 1
                 self.factory.writes.forget(self)
                 self.transport.abortConnection()
                 return

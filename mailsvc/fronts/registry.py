@@ -58,9 +58,9 @@ def unregister(front):
 
 
 def builtin():
-    from mailsvc.fronts import chat, irc, mail, pop3, smtp
+    from mailsvc.fronts import chat, irc, mail, pop3, smtp, web
 
-    return [mail.FRONT, chat.FRONT, irc.FRONT, smtp.FRONT, pop3.FRONT]
+    return [mail.FRONT, chat.FRONT, irc.FRONT, smtp.FRONT, pop3.FRONT, web.FRONT]
 
 
 def fronts():

@@ -13,6 +13,7 @@ savepoint of its own to be undone alone).
 
 import queue
 import threading
+import time
 
 from twisted.application import service
 from twisted.internet import defer
@@ -21,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailsvc import errors
+from mailsvc.core.stats import Histogram
 from mailsvc.interfaces import IMailStorage
 from mailsvc.store import Quotas
 
@@ -54,6 +56,12 @@ _STOP = object()
 READER_RETRY = 1.0
 
 
+# /metrics' buckets: requests per transaction (up to max_batch), and seconds
+# per transaction (an fsync is a few milliseconds on a disk, more when busy).
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
 class GroupCommitExecutor:
     """
     Runs requests on one database thread, as many as are waiting in each
@@ -81,6 +89,10 @@ class GroupCommitExecutor:
         self._requests = queue.SimpleQueue()
         self._thread = None
         self._stopped = defer.Deferred()
+        # For /metrics, updated on the reactor thread: requests per
+        # transaction, and how long each transaction took to commit.
+        self.batch_sizes = Histogram(BATCH_BUCKETS)
+        self.commit_seconds = Histogram(COMMIT_BUCKETS)
 
     def start(self):
         self._thread = threading.Thread(
@@ -158,11 +170,19 @@ class GroupCommitExecutor:
                 stopping = True
                 pending.pop()
             for batch in self.batches(pending) if pending else ():
+                began = time.monotonic()
                 outcomes = self._run([(work, args) for work, args, _ in batch])
-                self._reactor.callFromThread(_fire, [d for _, _, d in batch], outcomes)
+                self._reactor.callFromThread(
+                    self._done, [d for _, _, d in batch], outcomes, time.monotonic() - began
+                )
         if self._connection is not None:
             self._connection.close()
         self._reactor.callFromThread(self._stopped.callback, None)
+
+    def _done(self, deferreds, outcomes, seconds):
+        self.batch_sizes.observe(len(deferreds))
+        self.commit_seconds.observe(seconds)
+        _fire(deferreds, outcomes)
 
     def _run(self, batch):
         # The connection is opened here, on the thread that uses it, and opened
@@ -206,6 +226,16 @@ class ExecutorStorage(service.Service):
     def __init__(self, executor, quotas=Quotas()):
         self._executor = executor
         self._quotas = quotas
+
+    @property
+    def batch_sizes(self):
+        """A L{Histogram} of requests per transaction, or None (inline)."""
+        return getattr(self._executor, "batch_sizes", None)
+
+    @property
+    def commit_seconds(self):
+        """A L{Histogram} of seconds per transaction, or None (inline)."""
+        return getattr(self._executor, "commit_seconds", None)
 
     def startService(self):
         super().startService()
