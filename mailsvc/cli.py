@@ -107,10 +107,9 @@ class Console(LineReceiver):
     async def page(self, lines):
         self.say(*lines)
 
-    async def body(self):
-        """The message typed, up to a line holding only a dot; None at end of input."""
-        self.say("Type the message; end it with a line holding only a dot.")
-        return await _dotted_body(self)
+    def can_edit(self):
+        """Whether L{edited_body} can open an editor: not on a pipe."""
+        return False
 
 
 class _no_echo:
@@ -606,9 +605,13 @@ class _Shell:
         subject = await console.ask("subject: ")
         if recipient is None or subject is None:
             return
-        body = await console.body()
-        if body is None:
-            return
+        if console.can_edit():
+            body = await console.edited_body()
+            if body is None:
+                return
+        else:
+            console.say("Type the message; end it with a line holding only a dot.")
+            body = await _dotted_body(console)
         message_id = await self.client.send(recipient.strip(), subject.strip(), body)
         self.people.add(recipient.strip())
         console.say("Sent message %d to %s." % (message_id, recipient.strip()))

@@ -6,6 +6,7 @@ under the same nickname.
 
 import re
 
+from prompt_toolkit.application import get_app
 from prompt_toolkit.patch_stdout import patch_stdout
 from twisted.internet import defer
 
@@ -149,24 +150,29 @@ class ChatScreen:
         return [("class:prompt", "[%s] " % (self.nick,))]
 
     async def run(self):
-        """Read and send lines until Ctrl-D, Ctrl-C, /quit or BYE; then leave."""
-        kept = ""
+        """
+        Read and send lines until Ctrl-D, Ctrl-C, /quit or BYE; then leave.
+
+        One prompt for the whole session: Enter hands the line to L{_accept}
+        and the prompt stays up, so that keys typed meanwhile never reach a
+        terminal in cooked mode (which would echo them over the chat).
+        """
+        self.session.default_buffer.accept_handler = self._accept
         with patch_stdout(raw=True):
-            while True:
-                line = await prompt(self.session, self._prompt, default=kept)
-                kept = ""
-                if line is None:
-                    break
-                if not line.strip():
-                    continue
-                if self.client is None:
-                    kept = line
-                    self.note("not connected: nothing was sent; your line is back on the prompt")
-                    continue
-                # A paste may hold several lines: each goes as typed.
-                if not self._send_all(line.splitlines()):
-                    break
+            await prompt(self.session, self._prompt)
         await self.leave()
+
+    def _accept(self, buffer):
+        """Enter: send the line; True keeps it on the prompt."""
+        if not buffer.text.strip():
+            return False
+        if self.client is None:
+            self.note("not connected: nothing was sent; your line stays on the prompt")
+            return True
+        # A paste may hold several lines: each goes as typed.
+        if not self._send_all(buffer.text.splitlines()):
+            get_app().exit(result=None)
+        return False
 
     def _send_all(self, lines):
         """Send each line; False once one says to leave."""

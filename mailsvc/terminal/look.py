@@ -66,8 +66,8 @@ def chat_line(event, me, now):
     kind = event.kind
     if kind == "message":
         return head + _said(event.nick, event.text, me)
-    if kind == "history":
-        return head + [("ansibrightblack", "[history] <%s> %s" % (event.nick, event.text))]
+    if kind == "history":  # said before we came: when, the line chat does not say
+        return [(STAMP, "--:-- "), ("ansibrightblack", "[history] <%s> %s" % (event.nick, event.text))]
     if kind == "private":
         return head + [
             ("bold ansimagenta", "*%s*" % (event.nick,)),

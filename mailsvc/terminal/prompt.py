@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import signal
+import tempfile
 
 from prompt_toolkit import PromptSession, print_formatted_text
 from prompt_toolkit.completion import Completer, Completion
@@ -21,6 +22,8 @@ from prompt_toolkit.history import DummyHistory, InMemoryHistory
 from prompt_toolkit.shortcuts import CompleteStyle
 from prompt_toolkit.styles import Style
 from twisted.internet import defer
+
+from mailsvc.terminal import look
 
 STYLE = Style.from_dict({"stamp": "ansibrightblack", "prompt": "bold"})
 
@@ -144,6 +147,29 @@ class TerminalConsole:
     def say(self, *lines):
         for line in lines:
             print_formatted_text(line)
+
+    def show_list(self, messages):
+        self.say(*look.message_table(messages, self.width()))
+        self.say("%d message%s" % (len(messages), "" if len(messages) == 1 else "s"))
+
+    def can_edit(self):
+        return editor_command() is not None
+
+    async def edited_body(self):
+        """The message written in C{$EDITOR}; None: nothing to send."""
+        descriptor, path = tempfile.mkstemp(prefix="mailsvc-", suffix=".txt")
+        os.close(descriptor)
+        try:
+            if not await self.edit(path):
+                return None
+            with open(path, encoding="utf-8", errors="replace") as f:
+                body = f.read().rstrip("\n")
+        finally:
+            os.unlink(path)
+        if not body.strip():
+            self.say("The message is empty: nothing sent.")
+            return None
+        return body
 
     def width(self):
         return shutil.get_terminal_size().columns
