@@ -107,8 +107,11 @@ class IRCChatClient(irc.IRCClient):
     def _event(self, kind, text, nick=None, seconds=None):
         self.on_event(ChatEvent(kind, text, nick, seconds))
 
-    def signedOn(self):
-        self.nick = self.nickname
+    def irc_RPL_WELCOME(self, prefix, params):
+        super().irc_RPL_WELCOME(prefix, params)
+        # The server's word for our nickname (a NICK with a space in it asks
+        # for its first word only).
+        self.nickname = self.nick = params[0]
         self.join(self.channel)
 
     def irc_RPL_NAMREPLY(self, prefix, params):
