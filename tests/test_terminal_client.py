@@ -81,8 +81,7 @@ async def test_two_people_chat_while_messages_arrive_mid_typing(mailsvc_server, 
     # What came is above the prompt, and the prompt still holds alice's words.
     assert prompt_line(screen, "[alice] ") == "I was just about to"
     assert screen.rstrip().splitlines()[-1] == "[alice] I was just about to"
-    await terminal.type("alice", " say something ✓")
-    await terminal.keys("alice", "Enter")
+    await terminal.line("alice", " say something ✓")
 
     said = await next_event(events)
     assert (said.nick, said.text) == ("bob", "hello alice, still there?")
@@ -92,16 +91,14 @@ async def test_two_people_chat_while_messages_arrive_mid_typing(mailsvc_server, 
     await terminal.shows("alice", STAMP + r"<alice> I was just about to say something ✓$")
 
     # bob's name in alice's line is highlighted on bob's screen (bold yellow).
-    await terminal.type("alice", "bob: lunch?")
-    await terminal.keys("alice", "Enter")
+    await terminal.line("alice", "bob: lunch?")
     await terminal.shows("bob", r"<alice> bob: lunch\?$")
     coloured = await terminal._run("capture-pane", "-p", "-e", "-t", "test:bob")
     line = [l for l in coloured.splitlines() if "bob: lunch?" in l][0]
     assert re.search(r"\x1b\[[0-9;]*33[0-9;]*m[^\x1b]*bob: lunch\?", line), repr(line)
 
     # Private messages stand apart, both ways, over both fronts.
-    await terminal.type("bob", "/msg alice psst")
-    await terminal.keys("bob", "Enter")
+    await terminal.line("bob", "/msg alice psst")
     await terminal.shows("alice", STAMP + r"\*bob\* psst$")
     await terminal.shows("bob", STAMP + r"-> \*alice\* psst$")
 
@@ -130,8 +127,7 @@ async def test_chat_completion_history_and_the_shutdown_notice(mailsvc_server, t
     await terminal.type("alice", "ca")
     await terminal.keys("alice", "Tab")
     await terminal.shows("alice", r"^\[alice\] carol:$")
-    await terminal.type("alice", "hi")
-    await terminal.keys("alice", "Enter")
+    await terminal.line("alice", "hi")
     assert (await next_event(events)).text == "carol: hi"
 
     # History: Up brings back the last line, and the one before.
@@ -144,8 +140,7 @@ async def test_chat_completion_history_and_the_shutdown_notice(mailsvc_server, t
     mailsvc_server.chat_factory.announce_shutdown(__import__(
         "mailsvc.core.events", fromlist=["Shutdown"]).Shutdown(5))
     await terminal.shows("alice", STAMP + r"\*\*\* the server is shutting down in 5 seconds$")
-    await terminal.type("alice", "/quit")
-    await terminal.keys("alice", "Enter")
+    await terminal.line("alice", "/quit")
     assert await terminal.exit_status("alice") == 0
     await carol.bye()
 
@@ -201,11 +196,9 @@ async def test_the_mail_shell_table_pager_editor_completion(mailsvc_server, term
     await terminal.shows("mail", r"login or register\? \[l/r\]$")
     await terminal.keys("mail", "l", "Enter")
     await terminal.shows("mail", r"^user:$")
-    await terminal.type("mail", "alice")
-    await terminal.keys("mail", "Enter")
+    await terminal.line("mail", "alice")
     await terminal.shows("mail", r"^password:$")
-    await terminal.type("mail", "pw")
-    await terminal.keys("mail", "Enter")
+    await terminal.line("mail", "pw")
     await terminal.shows("mail", r"^mail>$")
 
     # Completion of commands; the list as a table no wider than the terminal.
@@ -221,12 +214,10 @@ async def test_the_mail_shell_table_pager_editor_completion(mailsvc_server, term
     assert len({row.index("bob") for row in rows} | {row.index(" 20") for row in rows}) == 2
 
     # A short message is printed; a long one goes through the pager.
-    await terminal.type("mail", "read 1")
-    await terminal.keys("mail", "Enter")
+    await terminal.line("mail", "read 1")
     await terminal.shows("mail", r"^short body$")
     assert not paged.exists()
-    await terminal.type("mail", "read %d" % long_id)
-    await terminal.keys("mail", "Enter")
+    await terminal.line("mail", "read %d" % long_id)
     await terminal.shows("mail", r"^mail> read %d\nmail>$" % long_id)
     assert paged.read_text().splitlines()[-1] == "line 79"
     assert "Subject: Long" in paged.read_text()
@@ -237,22 +228,19 @@ async def test_the_mail_shell_table_pager_editor_completion(mailsvc_server, term
     await terminal.keys("mail", "C-u")
 
     # send: the recipient completes from the names seen; the body from $EDITOR.
-    await terminal.type("mail", "send")
-    await terminal.keys("mail", "Enter")
+    await terminal.line("mail", "send")
     await terminal.shows("mail", r"^to:$")
     await terminal.type("mail", "b")
     await terminal.keys("mail", "Tab")
     await terminal.shows("mail", r"^to: bob$")
     await terminal.keys("mail", "Enter")
     await terminal.shows("mail", r"^subject:$")
-    await terminal.type("mail", "From the editor")
-    await terminal.keys("mail", "Enter")
+    await terminal.line("mail", "From the editor")
     await terminal.shows("mail", r"^Sent message \d+ to bob\.$")
     [message] = await within(mailsvc_server.mailbox("bob"))
     assert (message.subject, message.body) == ("From the editor", "Written in the editor.\n\nBye.")
 
-    await terminal.type("mail", "quit")
-    await terminal.keys("mail", "Enter")
+    await terminal.line("mail", "quit")
     assert await terminal.exit_status("mail") == 0
 
 

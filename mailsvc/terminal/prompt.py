@@ -16,9 +16,11 @@ import signal
 import tempfile
 
 from prompt_toolkit import PromptSession, print_formatted_text
+from prompt_toolkit.application import get_app_or_none
 from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.history import DummyHistory, InMemoryHistory
+from prompt_toolkit.renderer import print_formatted_text as write_formatted_text
 from prompt_toolkit.shortcuts import CompleteStyle
 from prompt_toolkit.styles import Style
 from twisted.internet import defer
@@ -54,8 +56,24 @@ def new_session(history=True, **options):
 
 
 def show(fragments):
-    """Print formatted text above the prompt (or plainly, between prompts)."""
-    print_formatted_text(FormattedText(fragments), style=STYLE)
+    """
+    Print formatted text above the prompt (or plainly, between prompts).
+
+    Not prompt_toolkit's C{run_in_terminal}: it puts the terminal in cooked
+    mode while it prints, and keys pressed meanwhile are echoed over the
+    screen, or taken by the terminal (Ctrl-D). Here the prompt is erased, the
+    line written and the prompt drawn again in one go, in raw mode: keys
+    wait in the terminal until the prompt reads them.
+    """
+    app = get_app_or_none()
+    if app is None or not app.is_running or app.is_done:
+        print_formatted_text(FormattedText(fragments), style=STYLE)
+        return
+    app.renderer.erase()
+    write_formatted_text(app.output, FormattedText(fragments + [("", "\n")]), STYLE)
+    app.output.flush()
+    app.renderer.reset()
+    app.invalidate()
 
 
 class Words(Completer):
