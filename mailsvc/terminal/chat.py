@@ -172,7 +172,13 @@ class ChatScreen:
         # A paste may hold several lines: each goes as typed.
         if not self._send_all(buffer.text.splitlines()):
             get_app().exit(result=None)
-        return False
+            return False
+        # Clear the line and load the history (for Up) now: the load is a task
+        # that runs before the line leaves the socket. prompt_toolkit would
+        # load it at the next repaint, after keys that may come first.
+        buffer.reset(append_to_history=True)
+        buffer.load_history_if_not_yet_loaded()
+        return True  # kept: it is already cleared
 
     def _send_all(self, lines):
         """Send each line; False once one says to leave."""
