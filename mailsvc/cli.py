@@ -6,12 +6,17 @@ mailsvc-client: the command-line client for both ports.
   mailsvc-client send --user U TO SUBJECT   one-shot commands for scripts
   mailsvc-client count|list|read|delete|register --user U ...
 
-Passwords come from MAILSVC_PASSWORD or a prompt, never from the command line.
+Settings come from the options, MAILSVC_* variables and the profile file
+(L{mailsvc.profile}); passwords from MAILSVC_PASSWORD, the profile (mode 0600
+only) or a prompt, never from the command line. On a terminal, C{mail} and
+C{chat} use prompt_toolkit (L{mailsvc.terminal}); piped, they read and write
+plain lines.
 """
 
 import getpass
 import os
 import sys
+from importlib import metadata
 
 from twisted.internet import defer, stdio, task
 from twisted.internet.endpoints import clientFromString
@@ -22,6 +27,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from mailsvc import client as mc
+from mailsvc import profile as profiles
 
 SHELL_HELP = [
     "commands:",
@@ -71,7 +77,9 @@ class Console(LineReceiver):
         self.transport.loseConnection()
         return self.closed
 
-    def ask(self, prompt=""):
+    def ask(self, prompt="", kind=None, choices=None, default=""):
+        """The next line; C{kind}, C{choices} and C{default} are for a
+        terminal (L{mailsvc.terminal.prompt.TerminalConsole})."""
         if prompt:
             self.transport.write(prompt.encode("utf-8"))
         d = self._lines.get()
@@ -92,6 +100,16 @@ class Console(LineReceiver):
 
     def say(self, *lines):
         self.transport.write(b"".join(l.encode("utf-8") + b"\n" for l in lines))
+
+    def show_list(self, messages):
+        _print_list(self.say, messages)
+
+    async def page(self, lines):
+        self.say(*lines)
+
+    def can_edit(self):
+        """Whether L{edited_body} can open an editor: not on a pipe."""
+        return False
 
 
 class _no_echo:
@@ -114,9 +132,9 @@ class _no_echo:
             termios.tcsetattr(0, termios.TCSANOW, self.saved)
 
 
-def password():
-    """From MAILSVC_PASSWORD, or asked on the terminal."""
-    secret = os.environ.get("MAILSVC_PASSWORD")
+def password(profile, account):
+    """From MAILSVC_PASSWORD, the profile, or asked on the terminal."""
+    secret = profile.password_for(account)
     if secret:
         return secret
     try:
@@ -129,24 +147,64 @@ def password():
 # Options
 
 
-class _Server(usage.Options):
+def version():
+    """mailsvc's version, then Twisted's: what a bug report needs."""
+    import twisted
+
+    try:
+        ours = metadata.version("mailsvc")
+    except metadata.PackageNotFoundError:
+        ours = "unknown (not installed)"
+    return "mailsvc-client (mailsvc) %s\nTwisted %s" % (ours, twisted.__version__)
+
+
+class _Versioned(usage.Options):
+    def opt_version(self):
+        """Print mailsvc's version (and Twisted's) and exit."""
+        print(version())
+        sys.exit(0)
+
+
+class _Server(_Versioned):
+    # The profile's setting for the port, and the port without one.
+    port_setting = "mail_port"
     default_port = 8025
     optParameters = [
-        ["host", "H", "localhost", "Server host."],
-        ["port", "P", None, "Server port (mail 8025, chat 8026)."],
+        ["host", "H", None, "Server host (default: localhost)."],
+        ["port", "P", None, "Server port (mail 8025, chat 8026, IRC 6667)."],
         ["connect", None, None, "Endpoint description instead (tcp:host:port, ssl:...)."],
     ]
+
+    def settle(self, profile):
+        """Fill what the command line left out from the variables and the profile."""
+        self.profile = profile
+        self["host"] = self["host"] or profile.get("host") or "localhost"
+        self["port"] = self["port"] or profile.get(self.port_setting) or self.default_port
 
     def endpoint(self):
         if self["connect"]:
             return self["connect"]
-        return "tcp:%s:%s" % (self["host"], self["port"] or self.default_port)
+        return "tcp:%s:%s" % (self["host"], self["port"])
+
+
+class _Mail(_Server):
+    synopsis = "[--user U] [--host H] [--port P | --connect D]"
+    optParameters = [
+        ["user", "u", None, "Log in as this account at once (with a password from "
+         "MAILSVC_PASSWORD or the profile)."],
+    ]
+
+    def settle(self, profile):
+        super().settle(profile)
+        self["user"] = self["user"] or profile.get("user")
 
 
 class _OneShot(_Server):
-    optParameters = [["user", "u", os.environ.get("USER"), "Your mail account."]]
+    optParameters = [["user", "u", None, "Your mail account (default: USER)."]]
 
-    def postOptions(self):
+    def settle(self, profile):
+        super().settle(profile)
+        self["user"] = self["user"] or profile.get("user") or os.environ.get("USER")
         if not self["user"]:
             raise usage.UsageError("--user is required")
 
@@ -160,6 +218,7 @@ class _Send(_OneShot):
 
 
 class _List(_OneShot):
+    synopsis = "--user U [--from SENDER]"
     optParameters = [["from", "f", None, "Only messages from this sender."]]
 
 
@@ -174,17 +233,36 @@ class _ById(_OneShot):
 
 
 class _Chat(_Server):
+    synopsis = "[--nick N] [--registered] [--irc] [--host H] [--port P | --connect D]"
+    port_setting = "chat_port"
     default_port = 8026
-    optParameters = [["nick", "n", os.environ.get("USER"), "Nickname."]]
+    optParameters = [
+        ["nick", "n", None, "Nickname (default: USER)."],
+        ["channel", None, None, "With --irc: the room's channel (default: #chat)."],
+    ]
     optFlags = [
-        ["registered", "r", "Your nickname is your mail account: send its password."]
+        ["registered", "r", "Your nickname is your mail account: send its password."],
+        ["irc", None, "Join through the IRC front (port 6667) instead of the line chat."],
     ]
 
+    def settle(self, profile):
+        if self["irc"]:
+            self.port_setting, self.default_port = "irc_port", 6667
+        super().settle(profile)
+        self["nick"] = self["nick"] or profile.get("nick") or os.environ.get("USER")
+        self["channel"] = self["channel"] or profile.get("channel") or "#chat"
+        if not self["nick"]:
+            raise usage.UsageError("--nick is required")
 
-class Options(usage.Options):
-    synopsis = "mailsvc-client COMMAND [options]"
+
+class Options(_Versioned):
+    synopsis = "mailsvc-client [--profile NAME] COMMAND [options]"
+    optParameters = [
+        ["profile", None, None, "The profile to use from the profile file "
+         "(default: MAILSVC_PROFILE, else [default])."],
+    ]
     subCommands = [
-        ["mail", None, _Server, "Interactive mail shell."],
+        ["mail", None, _Mail, "Interactive mail shell."],
         ["chat", None, _Chat, "Join the group chat."],
         ["send", None, _Send, "Send the mail read from standard input."],
         ["count", None, _OneShot, "Print how many messages you have."],
@@ -194,9 +272,35 @@ class Options(usage.Options):
         ["register", None, _OneShot, "Create an account."],
     ]
 
+    def getSynopsis(self):
+        if getattr(self, "subCommand", None):  # a command's: its own synopsis follows
+            return "mailsvc-client [--profile NAME]"
+        return self.synopsis
+
     def postOptions(self):
         if self.subCommand is None:
             raise usage.UsageError("a command is required")
+
+
+def parse(argv, environ=os.environ):
+    """
+    The L{Options} of C{argv}, settled with the profile; warnings about the
+    profile file go to standard error.
+
+    @raise Failed: wrong usage or an unusable profile (status 2).
+    """
+    options = Options()
+    try:
+        options.parseOptions(argv)
+        profile = profiles.load(options["profile"], environ)
+        options.subOptions.settle(profile)
+    except usage.UsageError as e:
+        raise Failed("%s\n%s" % (e, getattr(options, "subOptions", None) or options), 2)
+    except profiles.ProfileError as e:
+        raise Failed(str(e), 2)
+    for warning in profile.warnings:
+        sys.stderr.write("mailsvc-client: warning: %s\n" % (warning,))
+    return options
 
 
 # Commands
@@ -312,15 +416,15 @@ async def _mail_client(reactor, options):
     return client
 
 
-def _print_message(write, message):
-    write(
+def _message_lines(message):
+    return [
         "Id: %d" % message.id,
         "From: " + message.sender,
         "Date: " + message.date,
         "Subject: " + message.subject,
         "",
         *message.body.split("\n"),
-    )
+    ]
 
 
 def _print_list(write, messages):
@@ -335,7 +439,7 @@ def _stdout(*lines):
 
 async def one_shot(reactor, options):
     command, sub = options.subCommand, options.subOptions
-    secret = password()
+    secret = password(sub.profile, sub["user"])
     body = sys.stdin.read() if command == "send" else None
     client = await _mail_client(reactor, sub)
     try:
@@ -370,18 +474,168 @@ async def _one_shot(client, command, sub, body):
     elif command == "list":
         _print_list(_stdout, await client.list(sub["from"]))
     elif command == "read":
-        _print_message(_stdout, await client.read(sub["id"]))
+        _stdout(*_message_lines(await client.read(sub["id"])))
     elif command == "delete":
         await client.delete(sub["id"])
         _stdout("deleted message %d" % sub["id"])
 
 
+SHELL_COMMANDS = ["send", "list", "read", "delete", "count", "help", "logout", "quit"]
+
+
+class _Shell:
+    """The mail shell, on any console: the line L{Console}, or a terminal's."""
+
+    def __init__(self, console, client):
+        self.console = console
+        self.client = client
+        # For completion: the people seen (senders, recipients) and the ids listed.
+        self.people = set()
+        self.ids = []
+
+    def command_choices(self, words, word):
+        if not words:
+            return SHELL_COMMANDS
+        command = words[0].lower()
+        if command == "list":
+            return ["from "] if len(words) == 1 else sorted(self.people)
+        if command in ("read", "delete") and len(words) == 1:
+            return self.ids
+        return []
+
+    def people_choices(self, words, word):
+        return sorted(self.people)
+
+    async def log_in(self, user, secret):
+        console, client = self.console, self.client
+        if user and secret:
+            try:
+                await client.login(user, secret)
+            except mc.RequestFailed as e:
+                console.say("error: " + e.reason)
+            else:
+                return self._logged_in(user)
+        while True:
+            choice = await console.ask("login or register? [l/r] ")
+            if choice is None:
+                return False
+            choice = choice.strip().lower()
+            if choice not in ("l", "login", "r", "register"):
+                console.say("type l to log in or r to register")
+                continue
+            answer = await console.ask("user: ", default=user or "")
+            secret = await console.ask_secret("password: ")
+            if answer is None or secret is None:
+                return False
+            act = client.login if choice.startswith("l") else client.register
+            try:
+                await act(answer.strip(), secret)
+            except mc.RequestFailed as e:
+                console.say("error: " + e.reason)
+            except ValueError as e:
+                console.say("error: %s" % (e,))
+            else:
+                return self._logged_in(answer.strip())
+
+    def _logged_in(self, user):
+        self.console.say("Logged in as %s." % user)
+        self.people.add(user)
+        return True
+
+    async def run(self):
+        console, client = self.console, self.client
+        while True:
+            line = await console.ask("mail> ", choices=self.command_choices)
+            if line is None:
+                return
+            words = line.split()
+            if not words:
+                continue
+            command, args = words[0].lower(), words[1:]
+            try:
+                if command in ("quit", "exit"):
+                    return
+                elif command == "help":
+                    console.say(*SHELL_HELP)
+                elif command == "logout":
+                    await client.logout()
+                    console.say("Logged out.")
+                    return
+                elif command == "count":
+                    count = await client.count()
+                    console.say("%d message%s" % (count, "" if count == 1 else "s"))
+                elif command == "list":
+                    sender = args[1] if len(args) == 2 and args[0].lower() == "from" else None
+                    messages = await client.list(sender)
+                    self.people.update(m.sender for m in messages)
+                    self.ids = [str(m.id) for m in messages]
+                    console.show_list(messages)
+                elif command in ("read", "delete"):
+                    message_id = await self.message_id(args)
+                    if message_id is None:
+                        continue
+                    if command == "read":
+                        message = await client.read(message_id)
+                        self.people.add(message.sender)
+                        await console.page(_message_lines(message))
+                    else:
+                        await client.delete(message_id)
+                        console.say("Deleted message %d." % message_id)
+                elif command == "send":
+                    await self.compose()
+                else:
+                    console.say("unknown command %s; type help" % command)
+            except mc.RequestFailed as e:
+                console.say("error: " + e.reason)
+            except ValueError as e:
+                console.say("error: %s" % (e,))
+
+    async def message_id(self, args):
+        word = args[0] if args else await self.console.ask(
+            "message id: ", choices=lambda words, word: self.ids
+        )
+        if word is None or not word.strip().isdigit():
+            self.console.say("a message id is a number; see list")
+            return None
+        return int(word)
+
+    async def compose(self):
+        console = self.console
+        recipient = await console.ask("to: ", choices=self.people_choices)
+        subject = await console.ask("subject: ")
+        if recipient is None or subject is None:
+            return
+        if console.can_edit():
+            body = await console.edited_body()
+            if body is None:
+                return
+        else:
+            console.say("Type the message; end it with a line holding only a dot.")
+            body = await _dotted_body(console)
+        message_id = await self.client.send(recipient.strip(), subject.strip(), body)
+        self.people.add(recipient.strip())
+        console.say("Sent message %d to %s." % (message_id, recipient.strip()))
+
+
+async def _dotted_body(console):
+    """Lines up to one holding only a dot (or the end of input)."""
+    lines = []
+    while True:
+        line = await console.ask(kind="body")
+        if line is None or line == ".":
+            break
+        lines.append(line)
+    return "\n".join(lines)
+
+
 async def mail_shell(reactor, options, console):
     client = await _mail_client(reactor, options)
     console.say("Connected to %s. Type help for commands." % options.endpoint())
+    shell = _Shell(console, client)
+    user = options["user"]
     try:
-        if await _log_in(console, client):
-            await _shell(console, client)
+        if await shell.log_in(user, options.profile.password_for(user) if user else None):
+            await shell.run()
     except (mc.NoReply, mc.UnexpectedReply) as e:
         raise _not_served(options.endpoint(), e)
     except (ConnectionDone, ConnectionLost):
@@ -390,100 +644,59 @@ async def mail_shell(reactor, options, console):
         client.transport.loseConnection()
 
 
-async def _log_in(console, client):
-    while True:
-        choice = await console.ask("login or register? [l/r] ")
-        if choice is None:
-            return False
-        choice = choice.strip().lower()
-        if choice not in ("l", "login", "r", "register"):
-            console.say("type l to log in or r to register")
-            continue
-        user = await console.ask("user: ")
-        secret = await console.ask_secret("password: ")
-        if user is None or secret is None:
-            return False
-        act = client.login if choice.startswith("l") else client.register
-        try:
-            await act(user.strip(), secret)
-        except mc.RequestFailed as e:
-            console.say("error: " + e.reason)
-        except ValueError as e:
-            console.say("error: %s" % (e,))
-        else:
-            console.say("Logged in as %s." % user.strip())
-            return True
+def _joiner(reactor, options, secret):
+    """
+    C{join(nick, on_event, on_retry)}: connect and join the room through the
+    line chat, or with C{--irc} the IRC front; fire with the client.
+    """
+    address = options.endpoint()
+    if options["irc"]:
+        from mailsvc import ircclient  # twisted.words imports the reactor
+
+        def connect(reactor, address, nick, **kwargs):
+            return ircclient.connect_irc(
+                reactor, address, nick, channel=options["channel"], **kwargs
+            )
+
+    else:
+        connect = mc.connect_chat
+
+    def join(nick, on_event, on_retry):
+        return defer.ensureDeferred(
+            _connected(
+                reactor,
+                connect,
+                address,
+                nick,
+                password=secret,
+                on_retry=on_retry,
+                on_event=on_event,
+                greeting_timeout=GREETING_TIMEOUT,
+            )
+        )
+
+    return join
 
 
-async def _shell(console, client):
-    while True:
-        line = await console.ask("mail> ")
-        if line is None:
-            return
-        words = line.split()
-        if not words:
-            continue
-        command, args = words[0].lower(), words[1:]
-        try:
-            if command in ("quit", "exit"):
-                return
-            elif command == "help":
-                console.say(*SHELL_HELP)
-            elif command == "logout":
-                await client.logout()
-                console.say("Logged out.")
-                return
-            elif command == "count":
-                count = await client.count()
-                console.say("%d message%s" % (count, "" if count == 1 else "s"))
-            elif command == "list":
-                sender = args[1] if len(args) == 2 and args[0].lower() == "from" else None
-                _print_list(console.say, await client.list(sender))
-            elif command in ("read", "delete"):
-                message_id = await _message_id(console, args)
-                if message_id is None:
-                    continue
-                if command == "read":
-                    _print_message(console.say, await client.read(message_id))
-                else:
-                    await client.delete(message_id)
-                    console.say("Deleted message %d." % message_id)
-            elif command == "send":
-                await _compose(console, client)
-            else:
-                console.say("unknown command %s; type help" % command)
-        except mc.RequestFailed as e:
-            console.say("error: " + e.reason)
-        except ValueError as e:
-            console.say("error: %s" % (e,))
+async def _first_join(joining):
+    """The first join's refusals as exit codes."""
+    try:
+        return await joining
+    except mc.NickRefused:
+        raise Failed("no nickname accepted")
+    except mc.RequestFailed as e:  # refused before the greeting
+        raise Failed(e.reason)
+    except ValueError as e:
+        raise Failed(str(e), 2)
 
 
-async def _message_id(console, args):
-    word = args[0] if args else await console.ask("message id: ")
-    if word is None or not word.strip().isdigit():
-        console.say("a message id is a number; see list")
-        return None
-    return int(word)
-
-
-async def _compose(console, client):
-    recipient = await console.ask("to: ")
-    subject = await console.ask("subject: ")
-    if recipient is None or subject is None:
-        return
-    console.say("Type the message; end it with a line holding only a dot.")
-    lines = []
-    while True:
-        line = await console.ask()
-        if line is None or line == ".":
-            break
-        lines.append(line)
-    message_id = await client.send(recipient.strip(), subject.strip(), "\n".join(lines))
-    console.say("Sent message %d to %s." % (message_id, recipient.strip()))
+def _chat_secret(options):
+    return password(options.profile, options["nick"]) if options["registered"] else None
 
 
 async def chat(reactor, options, console):
-    secret = password() if options["registered"] else None
+    """The chat in plain lines: what arrives is printed as it comes."""
+    join = _joiner(reactor, options, _chat_secret(options))
 
     async def retry(reason):
         console.say("nickname refused: " + reason)
@@ -503,23 +716,9 @@ async def chat(reactor, options, console):
         else:
             console.say("* " + event.text)
 
-    try:
-        client = await _connected(
-            reactor,
-            mc.connect_chat,
-            options.endpoint(),
-            options["nick"],
-            password=secret,
-            on_retry=lambda reason: defer.ensureDeferred(retry(reason)),
-            on_event=show,
-            greeting_timeout=GREETING_TIMEOUT,
-        )
-    except mc.NickRefused:
-        raise Failed("no nickname accepted")
-    except mc.RequestFailed as e:  # refused before the greeting
-        raise Failed(e.reason)
-    except ValueError as e:
-        raise Failed(str(e), 2)
+    client = await _first_join(
+        join(options["nick"], show, lambda reason: defer.ensureDeferred(retry(reason)))
+    )
     console.say("Joined as %s. /help for commands, end of input to leave." % client.nick)
     # Ctrl-C stops the reactor: say BYE on the way out.
     reactor.addSystemEventTrigger("before", "shutdown", client.bye)
@@ -539,14 +738,29 @@ async def _chat_input(console, client):
         client.sendText(line)
 
 
-async def run(reactor, argv):
-    options = Options()
-    try:
-        options.parseOptions(argv)
-    except usage.UsageError as e:
-        raise Failed("%s\n%s" % (e, options), 2)
+async def terminal_chat(reactor, options):
+    """The chat on a terminal (L{mailsvc.terminal.chat.ChatScreen})."""
+    from mailsvc.terminal.chat import ChatScreen
+
+    screen = ChatScreen(reactor, _joiner(reactor, options, _chat_secret(options)), options["nick"])
+    await _first_join(screen.start())
+    # SIGTERM or SIGINT from outside stop the reactor: say BYE on the way out.
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(screen.leave()))
+    await screen.run()
+
+
+async def run(reactor, options, terminal=False):
+    """Run the command of C{options} (from L{parse}); C{terminal}: mail and
+    chat on a terminal, with the asyncio reactor running."""
     command = options.subCommand
-    if command in ("mail", "chat"):
+    if command in ("mail", "chat") and terminal:
+        if command == "mail":
+            from mailsvc.terminal.prompt import TerminalConsole
+
+            await mail_shell(reactor, options.subOptions, TerminalConsole())
+        else:
+            await terminal_chat(reactor, options.subOptions)
+    elif command in ("mail", "chat"):
         console = Console()
         stdio.StandardIO(console, reactor=reactor)
         try:
@@ -561,8 +775,35 @@ async def run(reactor, argv):
         await one_shot(reactor, options)
 
 
+def _on_a_terminal():
+    """
+    Both ends are a terminal, and the asyncio reactor prompt_toolkit needs
+    can be had: it is installed here, before anything imports the default one.
+    """
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return False
+    if "twisted.internet.reactor" in sys.modules:  # main() called from a program
+        from twisted.internet import reactor
+
+        return reactor.__class__.__name__ == "AsyncioSelectorReactor"
+    import asyncio
+
+    from twisted.internet import asyncioreactor
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    asyncioreactor.install(loop)
+    return True
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        options = parse(argv)
+    except Failed as e:
+        sys.stderr.write("mailsvc-client: %s\n" % (e,))
+        raise SystemExit(e.status)
+    terminal = options.subCommand in ("mail", "chat") and _on_a_terminal()
 
     def failed(failure):
         failure.trap(Failed)
@@ -570,7 +811,7 @@ def main(argv=None):
         raise SystemExit(failure.value.status)
 
     task.react(
-        lambda reactor: defer.ensureDeferred(run(reactor, argv)).addErrback(failed)
+        lambda reactor: defer.ensureDeferred(run(reactor, options, terminal)).addErrback(failed)
     )
 
 
