@@ -122,7 +122,7 @@ class PackageFile(resource.Resource):
 def build(service, config, reactor, node=None):
     from autobahn.twisted.resource import WebSocketResource
 
-    node = node or socket.gethostname()
+    node = node or config.get("node") or socket.gethostname()
     members = WebSocketMembers(
         service,
         reactor,
