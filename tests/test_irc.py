@@ -213,6 +213,19 @@ def test_talk_across_fronts_both_ways(irc, chat):
     assert alice.replies() == [":lena!lena@%s PART #chat :left" % S]
 
 
+def test_actions_cross_fronts_as_actions(irc, chat):
+    """irssi's /me is a CTCP ACTION; the line chat's /me is the same action."""
+    lena = line_user(chat, "lena")
+    alice = registered(irc, "alice")
+    alice("JOIN #chat")
+    lena.replies()
+    assert alice("PRIVMSG #chat :\x01ACTION waves\x01") == []
+    assert lena.replies() == ["* alice waves"]
+    assert lena("/me waves back") == []
+    assert alice.replies() == [":lena!lena@%s PRIVMSG #chat :\x01ACTION waves back\x01" % S]
+    assert lena("/me") == ["* error: usage: /me <text>"]
+
+
 def test_history_on_join_with_and_without_server_time(irc, chat, clock):
     lena = line_user(chat, "lena")
     clock.advance(0.25)

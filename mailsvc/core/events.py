@@ -31,6 +31,22 @@ class Event:
         return "%s(%s)" % (type(self).__name__, fields)
 
 
+ACTION = "\x01ACTION "
+
+
+def action(text):
+    """What C{text} says is done, for an action ("/me waves": IRC's CTCP
+    C{"\\x01ACTION waves\\x01"}, the form every front stores), or None."""
+    if text.startswith(ACTION):
+        return text[len(ACTION):].rstrip("\x01")
+    return None
+
+
+def as_action(text):
+    """C{text} ("waves") as an action, in IRC's CTCP form."""
+    return ACTION + text + "\x01"
+
+
 class Said(Event):
     """C{nick} said C{text} to the room at C{time} (seconds since the epoch,
     or None: unknown), which IRC's server-time tags show."""

@@ -30,6 +30,7 @@ NICK_REQUEST = re.compile(r"NICK\s*(\S+)(?:\s+(.+))?\Z", re.IGNORECASE)
 HELP = [
     "* commands:",
     "*   /who                 who is here",
+    "*   /me <text>           an action: everyone sees \"* <you> <text>\"",
     "*   /msg <nick> <text>   a private message (or mail, to a registered user who",
     "*                        is not here, if your nickname is registered)",
     "*   /help                this list",
@@ -43,7 +44,11 @@ def encode(line):
 
 
 _LINES = {
-    events.Said: lambda e: encode("%s: %s" % (e.nick, e.text)),
+    events.Said: lambda e: encode(
+        "%s: %s" % (e.nick, e.text)
+        if events.action(e.text) is None
+        else "* %s %s" % (e.nick, events.action(e.text))
+    ),
     events.Joined: lambda e: encode("* %s joined" % (e.nick,)),
     events.Left: lambda e: encode("* %s left" % (e.nick,)),
     events.Renamed: lambda e: encode("* %s is now known as %s" % (e.nick, e.new)),
@@ -201,6 +206,11 @@ class ChatProtocol(RoomMember, TextLineProtocol):
 
     def command_who(self, rest):
         return self.service.room.who().addCallback(lambda nicks: ["* here: " + ", ".join(nicks)])
+
+    def command_me(self, rest):
+        if not rest:
+            raise errors.MailsvcError("usage: /me <text>")
+        self.service.say(self, events.as_action(rest))
 
     def command_help(self, rest):
         return HELP

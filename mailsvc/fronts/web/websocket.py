@@ -60,6 +60,9 @@ def frame(message):
 
 
 def _said(event):
+    done = events.action(event.text)
+    if done is not None:
+        return {"type": "said", "nick": event.nick, "text": done, "time": event.time, "action": True}
     return {"type": "said", "nick": event.nick, "text": event.text, "time": event.time}
 
 

@@ -112,7 +112,10 @@
   function show(m) {
     switch (m.type) {
       case "hello": break;
-      case "said": line("", who(m.nick), ": " + m.text); break;
+      case "said":
+        if (m.action) line("", "* ", who(m.nick), " " + m.text);
+        else line("", who(m.nick), ": " + m.text);
+        break;
       case "history":
         for (const said of m.messages) line("history", who(said.nick), ": " + said.text);
         break;
