@@ -532,6 +532,10 @@ class ChatClient(_LineClient):
         """Send C{text} to the room, even if it begins with C{/}."""
         self._send_line("/" + text if text.startswith("/") else text)
 
+    def me(self, text):
+        """An action: the others see C{* <nick> <text>} (IRC users a CTCP ACTION)."""
+        self._send_line("/me " + text)
+
     def msg(self, nick, text):
         """A private message (or, for a registered user who is not here, mail)."""
         self._send_line("/msg %s %s" % (nick, text))

@@ -143,6 +143,22 @@ async def test_web_and_line_chat_talk_both_ways(mailsvc_server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_actions_cross_between_the_web_and_the_line_chat(mailsvc_server):
+    server = mailsvc_server
+    bob = await within(server.connect_chat("bob"))
+    alice = await joined(server, "alice")
+    await next_chat(bob)  # alice joined
+    # The page's /me sends IRC's CTCP form, as every front stores an action.
+    alice.request(type="say", text="\x01ACTION waves\x01", id=1)
+    assert await alice.expect("ok") == {"type": "ok", "id": 1}
+    assert "alice waves" in (await next_chat(bob)).text
+    bob.me("waves back")
+    message = await alice.expect("said")
+    assert (message["nick"], message["text"], message["action"]) == ("bob", "waves back", True)
+    await close(alice)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_mail_account_nickname_takes_its_password(mailsvc_server):
     server = mailsvc_server
     await within(server.add_user("dora", "secret"))

@@ -146,8 +146,13 @@
         else if (a.mailed) notice(to + " is not here: your message is in their mailbox");
         else line("private", "-> *", who(to), "* " + said);
       });
+    } else if (name === "/me" && rest.join(" ").trim()) {
+      // An action, in IRC's CTCP form: every front shows it as one.
+      const done = rest.join(" ");
+      request({ type: "say", text: "\u0001ACTION " + done + "\u0001" }, sayAnswered);
+      line("", "* ", who(nick), " " + done);
     } else if (name === "/help") {
-      notice("/who: who is here; /msg <nick> <text>: a private message; //text: a message that begins with /");
+      notice("/who: who is here; /msg <nick> <text>: a private message; /me <text>: an action; //text: a message that begins with /");
     } else {
       notice("unknown command " + name + ", try /help");
     }
