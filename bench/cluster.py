@@ -71,7 +71,6 @@ def node(python, directory, cores, role, bus, name):
     server = mailsvc_server(python, directory, cores)
     server.name = name
     server.command += ["--bus", bus, "--node", name, "--history", "0"]
-    server.command += ["--irc-port", "none", "--smtp-port", "none", "--pop3-port", "none"]
     if role != "server":  # pinned to the other core
         server.command = cores.wrap(server.command, role)
     return server

@@ -44,7 +44,7 @@ def mailsvc_server(python, directory, cores):
     local = "tcp:0:interface=127.0.0.1"
     command = [
         str(twistd), "-n", "--pidfile=", "mailsvc",
-        "--port", local, "--chat-port", "none", "--irc-port", "none",
+        "--port", local, "--chat-port", "none", "--irc-port", "none", "--web-port", "none",
         "--smtp-port", local, "--pop3-port", local,
         "--db", str(directory / "bench.sqlite"),
         # 50 connections from one address, sending as fast as they can into one mailbox.

@@ -240,7 +240,7 @@ def admin(path, command):
 
 
 def test_two_nodes_behind_haproxy_are_one_server(redis_url, start_node, haproxy, tmp_path):
-    proxied = [arg for front in ("mail", "chat", "irc", "smtp", "pop3")
+    proxied = [arg for front in ("mail", "chat", "irc", "smtp", "pop3", "web")
                for arg in ("--%s-port" % (front,), PROXIED)]
     a = start_node(redis_url, "node-a", *proxied)
     b = start_node(redis_url, "node-b", *proxied)
@@ -302,14 +302,9 @@ def test_the_new_mail_notice_reaches_its_holder_on_another_node(redis_url, start
 
 
 def test_two_nodes_behind_haproxy_share_the_chat_and_the_mail(
-    redis_url, mailsvc_process, haproxy, tmp_path, request
+    redis_url, postgres_url, mailsvc_process, haproxy, tmp_path
 ):
-    try:
-        postgres_url = request.getfixturevalue("postgres_url")
-    except pytest.FixtureLookupError:
-        # Checked on a trial merge with branch i14-pg; runs once it is merged.
-        pytest.skip("needs the PostgreSQL store (issue 14, branch i14-pg), not merged here")
-    proxied = [arg for front in ("mail", "chat", "irc", "smtp", "pop3")
+    proxied = [arg for front in ("mail", "chat", "irc", "smtp", "pop3", "web")
                for arg in ("--%s-port" % (front,), PROXIED)]
 
     def node(name):
