@@ -19,7 +19,13 @@ def statements(mark, same_sender):
     parameter, without case. Marks a backend wants on them (C{quick}) it
     adds to its own.
     """
+    shared = {}
 
+    def share(work):
+        shared[work.__name__] = work
+        return work
+
+    @share
     def add_session(db, token_hash, account, now):
         db.execute(
             "INSERT INTO sessions (token_hash, account, created, last_used)"
@@ -27,25 +33,30 @@ def statements(mark, same_sender):
             (token_hash, account, now, now),
         )
 
+    @share
     @reading
     def session_account(db, token_hash):
         return db.execute(
             "SELECT account, last_used FROM sessions WHERE token_hash = " + mark, (token_hash,)
         ).fetchone()
 
+    @share
     def touch_session(db, token_hash, now):
         db.execute(
             "UPDATE sessions SET last_used = %s WHERE token_hash = %s" % (mark, mark),
             (now, token_hash),
         )
 
+    @share
     def expire_sessions(db, before):
         return db.execute("DELETE FROM sessions WHERE last_used < " + mark, (before,)).rowcount
 
+    @share
     def remove_session(db, token_hash):
         deleted = db.execute("DELETE FROM sessions WHERE token_hash = " + mark, (token_hash,))
         return deleted.rowcount > 0
 
+    @share
     def forgive(db, key):
         db.execute("DELETE FROM login_failures WHERE key = " + mark, (key,))
 
@@ -60,6 +71,7 @@ def statements(mark, same_sender):
             parameters.append(after)
         return query, parameters
 
+    @share
     @reading
     def extent(db, account, sender):
         # Over the (recipient, id) index; with a sender, each of the mailbox's rows.
@@ -67,6 +79,7 @@ def statements(mark, same_sender):
         found, newest = db.execute(query, parameters).fetchone()
         return found, newest
 
+    @share
     @reading
     def headers(db, account, sender, after=None, limit=None):
         query, parameters = mailbox_query("id, sender, created, subject", account, sender, after)
@@ -78,10 +91,12 @@ def statements(mark, same_sender):
 
     whole = "SELECT id, sender, created, subject, body, raw FROM messages WHERE recipient = "
 
+    @share
     @reading
     def messages(db, account):
         return [Message(*row) for row in db.execute(whole + mark + " ORDER BY id", (account,))]
 
+    @share
     @reading
     def sizes(db, account, measure):
         # The cursor reads a row at a time: one body in memory, and no source
@@ -97,6 +112,7 @@ def statements(mark, same_sender):
             for id, octets, sender, date, subject, body in rows
         ]
 
+    @share
     @reading
     def message(db, account, message_id):
         if message_id is None:
@@ -111,17 +127,20 @@ def statements(mark, same_sender):
                 raise errors.NoSuchMessage("no such message: %d" % (message_id,))
         return Message(*row)
 
+    @share
     def delete(db, account, message_id):
         message_id = message(db, account, message_id).id
         db.execute("DELETE FROM messages WHERE id = " + mark, (message_id,))
         return message_id
 
+    @share
     def delete_subject(db, account, subject):
         return db.execute(
             "DELETE FROM messages WHERE recipient = %s AND subject = %s" % (mark, mark),
             (account, subject),
         ).rowcount
 
+    @share
     @reading
     def summary(db):
         def one(query):
@@ -151,19 +170,4 @@ def statements(mark, same_sender):
             "largest_mailbox": largest,
         }
 
-    return SimpleNamespace(
-        add_session=add_session,
-        session_account=session_account,
-        touch_session=touch_session,
-        expire_sessions=expire_sessions,
-        remove_session=remove_session,
-        forgive=forgive,
-        messages=messages,
-        sizes=sizes,
-        extent=extent,
-        headers=headers,
-        message=message,
-        delete=delete,
-        delete_subject=delete_subject,
-        summary=summary,
-    )
+    return SimpleNamespace(**shared)

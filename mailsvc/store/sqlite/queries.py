@@ -30,21 +30,9 @@ def account(db, name):
 
 # What both dialects write alike (mailsvc.store.sql).
 _common = sql.statements("?", "sender = ? COLLATE NOCASE")
-add_session = _common.add_session
-session_account = _common.session_account
-touch_session = _common.touch_session
-expire_sessions = _common.expire_sessions
-remove_session = _common.remove_session
-messages = _common.messages
-sizes = _common.sizes
-extent = _common.extent
-headers = _common.headers
-message = _common.message
-delete = _common.delete
-delete_subject = _common.delete_subject
-summary = _common.summary
-forgive = _common.forgive
-quick(session_account)
+# add_session, session_account, messages, sizes, ...: every function it shares.
+globals().update(vars(_common))
+quick(_common.session_account)
 
 
 def stage(db, token_hash, text, now, quotas):
