@@ -53,6 +53,7 @@ async def listen(description, backlog):
         ("ssl", 777),
         ("ssl-own", 13),
         ("unix", 777),
+        ("haproxy:tcp:0:interface=127.0.0.1", 777),  # behind a load balancer too
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -110,6 +111,14 @@ def test_a_description_that_would_weaken_tls_is_refused(extra, said, rsa_identit
 
     with pytest.raises(ValueError, match=said.split(":")[0]):
         listeners.server_endpoint(reactor, description, 50)
+
+
+def test_the_tls_policy_holds_behind_a_load_balancer(rsa_identity):
+    """Planted: haproxy: descriptions not looked into (their ssl: unchecked)."""
+    description = "haproxy:" + ssl_description(rsa_identity, ":sslmethod=TLSv1_METHOD")
+    assert "sslmethod= is not accepted" in listeners.refusal(description)
+    with pytest.raises(usage.UsageError, match="sslmethod= is not accepted"):
+        Options().parseOptions(["--irc-port", description])
 
 
 def handshake(port, version=None, cipher=None):
